@@ -1,0 +1,1 @@
+"""JSON Schemas of the topic contracts, shipped as package data."""

@@ -1,0 +1,1 @@
+"""Call recordings in, transcript events out, over Kafka."""

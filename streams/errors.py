@@ -1,0 +1,185 @@
+"""Errors of the pipeline, each with a stable code that failed events and metrics carry.
+
+The tree says what the pipeline does with an error, not where it came from::
+
+    PipelineError                     code, stage, retryable
+    ├── PermanentError                fail the recording at once (failed event)
+    │   ├── InvalidEvent              invalid_event, unsupported_schema_version
+    │   ├── ReferenceRejected         unsupported_reference, reference_forbidden
+    │   ├── AudioNotFound             audio_not_found
+    │   ├── AudioTooLarge             audio_too_large
+    │   ├── AudioTooLong              audio_too_long
+    │   ├── UndecodableAudio          undecodable_audio, no_audio_stream, empty_audio
+    │   ├── RecognitionRejected       asr_rejected (HTTP 400 / InvalidParameter)
+    │   ├── RecognitionUnauthorized   asr_unauthorized (401 / 403)
+    │   └── RecognitionProtocolError  asr_protocol_error (a reply we cannot parse)
+    └── TransientError                retry with backoff inside the recording's deadline
+        ├── FetchUnavailable          fetch_unavailable (timeouts, 5xx, dropped download)
+        ├── RecognitionThrottled      asr_throttled (429, honours Retry-After)
+        ├── RecognitionUnavailable    asr_unavailable (5xx, connection refused or reset)
+        ├── RecognitionTimeout        asr_timeout (no first byte or a silent stream)
+        └── RecognitionStreamCut      asr_stream_cut (stream ended before finish_reason stop)
+
+Third-party exceptions are translated once, at the stage boundary, with ``raise ... from``.
+When retries run out, the last transient error becomes the failed event (``retryable`` true).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AudioNotFound",
+    "AudioTooLarge",
+    "AudioTooLong",
+    "FetchUnavailable",
+    "InvalidEvent",
+    "PermanentError",
+    "PipelineError",
+    "RecognitionProtocolError",
+    "RecognitionRejected",
+    "RecognitionStreamCut",
+    "RecognitionThrottled",
+    "RecognitionTimeout",
+    "RecognitionUnauthorized",
+    "RecognitionUnavailable",
+    "ReferenceRejected",
+    "TransientError",
+    "UndecodableAudio",
+]
+
+
+class PipelineError(Exception):
+    """Root of every error a recording can end with."""
+
+    code: str = "internal_error"
+    stage: str = "pipeline"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, code: str | None = None, stage: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if stage is not None:
+            self.stage = stage
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, stage={self.stage!r}, {self.message!r})"
+
+
+class PermanentError(PipelineError):
+    """Retrying cannot help: the recording fails at once."""
+
+
+class TransientError(PipelineError):
+    """The same request may succeed later."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        stage: str | None = None,
+        retry_after_s: float | None = None,
+    ):
+        super().__init__(message, code=code, stage=stage)
+        self.retry_after_s = retry_after_s
+
+
+class InvalidEvent(PermanentError):
+    """The recording event is not valid JSON or breaks its schema."""
+
+    code = "invalid_event"
+    stage = "validate"
+
+
+class ReferenceRejected(PermanentError):
+    """The audio reference has a scheme we do not fetch, or points where we may not go."""
+
+    code = "reference_forbidden"
+    stage = "fetch"
+
+
+class AudioNotFound(PermanentError):
+    """The audio reference names nothing: a missing file or an HTTP 404/410."""
+
+    code = "audio_not_found"
+    stage = "fetch"
+
+
+class AudioTooLarge(PermanentError):
+    """The audio is bigger than the configured size cap."""
+
+    code = "audio_too_large"
+    stage = "fetch"
+
+
+class AudioTooLong(PermanentError):
+    """The audio lasts longer than the configured duration cap."""
+
+    code = "audio_too_long"
+    stage = "decode"
+
+
+class UndecodableAudio(PermanentError):
+    """PyAV cannot read audio from the bytes (not audio, truncated, no audio stream, empty)."""
+
+    code = "undecodable_audio"
+    stage = "decode"
+
+
+class RecognitionRejected(PermanentError):
+    """The recogniser refused the request as invalid (HTTP 400)."""
+
+    code = "asr_rejected"
+    stage = "transcribe"
+
+
+class RecognitionUnauthorized(PermanentError):
+    """The recogniser refused our credentials (HTTP 401/403)."""
+
+    code = "asr_unauthorized"
+    stage = "transcribe"
+
+
+class RecognitionProtocolError(PermanentError):
+    """The recogniser answered something that breaks the protocol."""
+
+    code = "asr_protocol_error"
+    stage = "transcribe"
+
+
+class FetchUnavailable(TransientError):
+    """The audio could not be downloaded now (timeout, 5xx, connection dropped)."""
+
+    code = "fetch_unavailable"
+    stage = "fetch"
+
+
+class RecognitionThrottled(TransientError):
+    """The recogniser asked us to slow down (HTTP 429)."""
+
+    code = "asr_throttled"
+    stage = "transcribe"
+
+
+class RecognitionUnavailable(TransientError):
+    """The recogniser failed on its side or could not be reached (5xx, refused, reset)."""
+
+    code = "asr_unavailable"
+    stage = "transcribe"
+
+
+class RecognitionTimeout(TransientError):
+    """The recogniser sent nothing within the configured timeout."""
+
+    code = "asr_timeout"
+    stage = "transcribe"
+
+
+class RecognitionStreamCut(TransientError):
+    """The SSE stream ended before its final frame."""
+
+    code = "asr_stream_cut"
+    stage = "transcribe"
