@@ -18,7 +18,8 @@ The tree says what the pipeline does with an error, not where it came from::
         ├── RecognitionThrottled      asr_throttled (429, honours Retry-After)
         ├── RecognitionUnavailable    asr_unavailable (5xx, connection refused or reset)
         ├── RecognitionTimeout        asr_timeout (no first byte or a silent stream)
-        └── RecognitionStreamCut      asr_stream_cut (stream ended before finish_reason stop)
+        ├── RecognitionStreamCut      asr_stream_cut (stream ended before finish_reason stop)
+        └── DeadlineExceeded          deadline_exceeded (the recording's time budget ran out)
 
 Third-party exceptions are translated once, at the stage boundary, with ``raise ... from``.
 When retries run out, the last transient error becomes the failed event (``retryable`` true).
@@ -30,6 +31,7 @@ __all__ = [
     "AudioNotFound",
     "AudioTooLarge",
     "AudioTooLong",
+    "DeadlineExceeded",
     "FetchUnavailable",
     "InvalidEvent",
     "PermanentError",
@@ -183,3 +185,10 @@ class RecognitionStreamCut(TransientError):
 
     code = "asr_stream_cut"
     stage = "transcribe"
+
+
+class DeadlineExceeded(TransientError):
+    """The recording's time budget (retries included) ran out."""
+
+    code = "deadline_exceeded"
+    stage = "pipeline"

@@ -1,0 +1,122 @@
+"""Wiring: the faust App, its topics, and the shared clients the agent's pipeline uses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import faust
+import httpx
+
+from streams.config import Settings
+from streams.pipeline import Pipeline
+from streams.publish import Publisher, TopicNames
+from streams.transcribe import DashScopeBackend, OpenAIBackend, RecognitionBackend
+
+__all__ = ["FaustSender", "Runtime", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+class FaustSender:
+    """Sends through the app's producer, bypassing faust's attachments.
+
+    Attachments would hold every send until the source offset commits: partial events would
+    arrive in one lump at the end. We publish at once and await the terminal event instead.
+    """
+
+    def __init__(self, topics: Mapping[str, faust.types.TopicT]) -> None:
+        self._topics = topics
+
+    async def send(self, topic: str, key: bytes, value: bytes, *, wait: bool) -> None:
+        """Send now; with ``wait``, return once the broker acknowledged the message."""
+        pending = await self._topics[topic].send(key=key, value=value, force=True)
+        if wait:
+            await pending
+
+
+class Runtime:
+    """The worker's shared HTTP client and pipeline, created on first use, closed at shutdown."""
+
+    def __init__(self, settings: Settings, sender: FaustSender) -> None:
+        self.settings = settings
+        self._sender = sender
+        self._http: httpx.AsyncClient | None = None
+        self._pipeline: Pipeline | None = None
+
+    def pipeline(self) -> Pipeline:
+        """The pipeline, built inside the running event loop the first time it is asked for."""
+        if self._pipeline is None:
+            s = self.settings
+            # A quiet SSE stream is not a dead one: the read timeout is the longest silence
+            # we accept, not the 5 s httpx default.
+            timeout = httpx.Timeout(
+                connect=s.asr_connect_timeout_s, read=s.asr_read_timeout_s, write=60.0, pool=None
+            )
+            limits = httpx.Limits(
+                max_connections=s.asr_concurrency + 8, max_keepalive_connections=s.asr_concurrency
+            )
+            self._http = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+            backend_cls: type[DashScopeBackend | OpenAIBackend] = (
+                DashScopeBackend if s.asr_backend == "dashscope" else OpenAIBackend
+            )
+            backend: RecognitionBackend = backend_cls(
+                self._http, s.resolved_asr_base_url, s.resolved_api_key
+            )
+            topics = TopicNames(partial=s.topic_partial, final=s.topic_final, failed=s.topic_failed)
+            self._pipeline = Pipeline(s, backend, Publisher(self._sender, topics), self._http)
+            log.info(
+                "recognition via %s backend at %s, model %s",
+                backend.name,
+                s.resolved_asr_base_url,
+                s.asr_model,
+            )
+        return self._pipeline
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        if self._http is not None:
+            await self._http.aclose()
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the faust App with its topics and the transcription agent."""
+    from streams.agents import register_agents  # agents import the app's types
+
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        # Events are decoded by the pipeline, so that malformed JSON becomes a failed event
+        # instead of an exception inside faust.
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_disable_leader=True,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        web_enabled=settings.web_enabled,
+        web_port=settings.web_port,
+        # Commit soon after each recording; there are few, slow messages, not many fast ones.
+        broker_commit_every=1,
+        broker_commit_interval=1.0,
+        # Few buffered events per partition: a crash or rebalance then redoes little.
+        stream_buffer_maxsize=32,
+        broker_max_poll_records=16,
+        # On revoke faust waits for in-flight recordings; a long call must not miss the
+        # rebalance window (kafka-faust.md §3.2).
+        broker_rebalance_timeout=max(60.0, settings.recording_deadline_s + 60.0),
+        stream_processing_timeout=settings.recording_deadline_s + 60.0,
+        broker_commit_livelock_soft_timeout=settings.recording_deadline_s + 60.0,
+    )
+    recordings = app.topic(settings.topic_recordings, key_type=bytes, value_type=bytes)
+    outputs = {
+        name: app.topic(name, key_type=bytes, value_type=bytes)
+        for name in (settings.topic_partial, settings.topic_final, settings.topic_failed)
+    }
+    runtime = Runtime(settings, FaustSender(outputs))
+    register_agents(app, recordings, runtime)
+
+    @app.on_before_shutdown.connect
+    async def _close_runtime(app: faust.App, **kwargs: object) -> None:
+        await runtime.close()
+
+    return app

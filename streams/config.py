@@ -1,0 +1,120 @@
+"""Settings: one frozen object read from the environment at startup and passed down.
+
+Every variable is ``STREAMS_<FIELD>`` (upper case), except the few that have a well-known
+name elsewhere: ``KAFKA_BOOTSTRAP_SERVERS`` and ``DASHSCOPE_API_KEY``. Durations are seconds,
+sizes bytes. Stage modules never read the environment; they get the values they need.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["DASHSCOPE_REGIONS", "LOCAL_ASR_URL", "Settings"]
+
+# Native API hosts per region (dashscope-protocol.md §0). US model names carry "-us".
+DASHSCOPE_REGIONS = {
+    "intl": "https://dashscope-intl.aliyuncs.com",
+    "cn": "https://dashscope.aliyuncs.com",
+    "us": "https://dashscope-us.aliyuncs.com",
+}
+LOCAL_ASR_URL = "http://127.0.0.1:8765"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything the worker can be told; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMS_", frozen=True, extra="ignore")
+
+    # Kafka
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "STREAMS_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    app_id: str = "call-transcriber"
+    """Faust application id, which is also the consumer group."""
+    topic_recordings: str = "recordings"
+    topic_partial: str = "transcripts.partial"
+    topic_final: str = "transcripts.final"
+    topic_failed: str = "transcripts.failed"
+    topic_partitions: int = Field(default=8, ge=1)
+    """Partitions of the recordings topic: the number of recordings a worker group runs at once."""
+    topic_replication: int = Field(default=1, ge=1)
+    create_topics: bool = True
+    """Create missing topics at worker start (off for clusters where topics are managed)."""
+    web_port: int = 6066
+    web_enabled: bool = True
+
+    # Recognition backend
+    asr_backend: Literal["dashscope", "openai"] = "dashscope"
+    dashscope_region: Literal["intl", "cn", "us"] = "intl"
+    asr_base_url: str | None = None
+    """Overrides the region's host, e.g. a self-hosted or the local server."""
+    api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DASHSCOPE_API_KEY", "STREAMS_API_KEY")
+    )
+    api_key_file: Path | None = None
+    """A file holding the API key (e.g. a mounted secret); used when the key is not set."""
+    asr_model: str = "qwen3-asr-flash"
+    asr_connect_timeout_s: float = 10.0
+    asr_read_timeout_s: float = 60.0
+    """Longest silence allowed on an open stream, including before the first frame."""
+    asr_attempts: int = Field(default=5, ge=1)
+    asr_concurrency: int = Field(default=16, ge=1)
+    """Recognition requests in flight per worker, across all partitions."""
+    recording_deadline_s: float = 900.0
+    """Time budget of one recording, retries included."""
+    price_per_second_usd: float = 0.000035
+
+    # Recognition defaults, overridden by each event's `recognition` object
+    language: str | None = None
+    enable_itn: bool = False
+    context: str = ""
+    channel_layout: Literal["mix", "split", "auto"] = "mix"
+    channel_roles: Annotated[tuple[str, ...], NoDecode] = ("agent", "customer")
+
+    # Fetch and decode limits
+    file_roots: Annotated[tuple[Path, ...], NoDecode] = ()
+    """Directories that file:// references may point into (comma-separated)."""
+    allow_private_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    """Hosts or CIDRs that http(s) references may reach despite being private (comma-separated)."""
+    max_audio_bytes: int = 500 * 1024 * 1024
+    max_audio_s: float = 4 * 3600.0
+    fetch_timeout_s: float = 300.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_from_csv(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for name in ("channel_roles", "file_roots", "allow_private_hosts"):
+                if name in data:
+                    data[name] = _split_csv(data[name])
+        return data
+
+    @property
+    def resolved_api_key(self) -> str | None:
+        """The API key from the environment or the key file, never logged."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_file is not None:
+            return self.api_key_file.read_text().strip() or None
+        return None
+
+    @property
+    def resolved_asr_base_url(self) -> str:
+        """Where recognition requests go: explicit URL, else the region, else the local server."""
+        if self.asr_base_url:
+            return self.asr_base_url.rstrip("/")
+        if self.resolved_api_key is None:
+            # No key, no cloud: the embedded recogniser serves the same protocol locally.
+            return LOCAL_ASR_URL
+        return DASHSCOPE_REGIONS[self.dashscope_region]

@@ -1,0 +1,157 @@
+"""The topic contracts in code: read a recording event, build partial, final and failed events.
+
+The JSON Schemas in ``schemas/`` are the contract; inbound events are validated against theirs
+with jsonschema, and the builders here produce what the outbound schemas describe (the tests
+hold every produced event to its schema). Serialization is orjson, with its options fixed here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import jsonschema
+import orjson
+
+import schemas
+from streams.errors import InvalidEvent, PipelineError
+
+__all__ = [
+    "EVENT_NAMESPACE",
+    "RecognitionDefaults",
+    "Recording",
+    "dumps",
+    "event_id",
+    "failed_event",
+    "now_iso",
+    "parse_recording",
+]
+
+# UUIDv5 namespace of this service's event ids: the same recording id gives the same final
+# event id on every worker and every redelivery, so consumers can deduplicate.
+EVENT_NAMESPACE = uuid.UUID("6f0f3c1e-5a55-4c1f-9a43-2b7f3b4c8d10")
+Layout = Literal["mix", "split", "auto"]
+
+
+def dumps(event: dict[str, Any]) -> bytes:
+    """Serialize an event: UTF-8 JSON, keys in insertion order, datetimes as RFC 3339 'Z'."""
+    return orjson.dumps(event, option=orjson.OPT_UTC_Z)
+
+
+def now_iso() -> str:
+    """Current UTC time in RFC 3339 with a 'Z'."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def event_id(kind: str, key: str) -> str:
+    """Deterministic id of the ``kind`` event (final, failed) of recording ``key``."""
+    return str(uuid.uuid5(EVENT_NAMESPACE, f"{kind}:{key}"))
+
+
+@dataclass(frozen=True)
+class RecognitionDefaults:
+    """Worker-wide defaults that a recording event may override."""
+
+    model: str
+    language: str | None = None
+    enable_itn: bool = False
+    context: str = ""
+    layout: Layout = "mix"
+    roles: tuple[str, ...] = ("agent", "customer")
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A validated recording event with defaults applied."""
+
+    recording_id: str
+    audio_url: str
+    model: str
+    language: str | None
+    enable_itn: bool
+    context: str
+    layout: Layout
+    roles: tuple[str, ...]
+    call: dict[str, Any] = field(default_factory=dict)
+    original: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_recording(raw: bytes, defaults: RecognitionDefaults) -> Recording:
+    """Validate a recording event against its schema and apply the defaults.
+
+    Raises:
+        InvalidEvent: not JSON, not an object, an unknown ``schema_version``
+            (code ``unsupported_schema_version``) or any other schema violation.
+    """
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"recording event is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidEvent(f"recording event must be a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version != schemas.SCHEMA_VERSION:
+        raise InvalidEvent(
+            f"schema_version must be {schemas.SCHEMA_VERSION}, got {version!r}",
+            code="unsupported_schema_version",
+        )
+    error = jsonschema.exceptions.best_match(schemas.validator("recording").iter_errors(data))
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "(root)"
+        raise InvalidEvent(f"recording event breaks its schema at {where}: {error.message}")
+
+    recognition = data.get("recognition", {})
+    channels = data.get("channels", {})
+    context = recognition.get("context", defaults.context)
+    if recognition.get("hotwords"):
+        # The API has one context field; hotwords join it as a glossary line.
+        context = "\n".join(filter(None, [context, " ".join(recognition["hotwords"])]))
+    return Recording(
+        recording_id=data["recording_id"],
+        audio_url=data["audio_url"],
+        model=recognition.get("model", defaults.model),
+        language=recognition.get("language", defaults.language),
+        enable_itn=recognition.get("enable_itn", defaults.enable_itn),
+        context=context,
+        layout=channels.get("layout", defaults.layout),
+        roles=tuple(channels.get("roles", defaults.roles)),
+        call=data.get("call", {}),
+        original=data,
+    )
+
+
+def failed_event(
+    error: PipelineError,
+    *,
+    raw: bytes,
+    recording: Recording | None,
+    recording_id: str | None,
+    attempts: int,
+) -> dict[str, Any]:
+    """The failed event for ``error``, carrying the original event (or its raw bytes)."""
+    original: dict[str, Any] | None = recording.original if recording else None
+    if original is None:
+        try:
+            decoded = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            decoded = None
+        original = decoded if isinstance(decoded, dict) else None
+    key = recording_id or uuid.uuid5(EVENT_NAMESPACE, raw.hex()).hex
+    return {
+        "schema_version": schemas.SCHEMA_VERSION,
+        "type": "failed",
+        "event_id": event_id("failed", key),
+        "recording_id": recording_id,
+        "error": {
+            "code": error.code,
+            "stage": error.stage,
+            "message": error.message,
+            "retryable": error.retryable,
+        },
+        "attempts": attempts,
+        "original_event": original,
+        "original_raw": None if original is not None else raw.decode("utf-8", errors="replace"),
+        "failed_at": now_iso(),
+    }

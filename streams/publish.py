@@ -1,0 +1,85 @@
+"""Turn transcript progress into events and hand them to a sender.
+
+The sender is the faust topic in production and anything with the same ``send`` in tests.
+Partial events are fire-and-forget (ordered per key by the producer); terminal events are
+awaited until the broker acknowledged them, because the recording's offset is committed
+only after its terminal event is safely published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import schemas
+from streams.events import dumps, now_iso
+
+__all__ = ["Publisher", "Sender", "TopicNames"]
+
+
+class Sender(Protocol):
+    """Publishes one message; with ``wait`` it returns only once the broker has it."""
+
+    async def send(self, topic: str, key: bytes, value: bytes, *, wait: bool) -> None:
+        """Send ``value`` under ``key`` to ``topic``."""
+        ...
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """The three outbound topics."""
+
+    partial: str
+    final: str
+    failed: str
+
+
+class Publisher:
+    """Publishes the events of the recordings a worker processes."""
+
+    def __init__(self, sender: Sender, topics: TopicNames) -> None:
+        self._sender = sender
+        self._topics = topics
+
+    async def partial(
+        self,
+        recording_id: str,
+        *,
+        attempt: int,
+        sequence: int,
+        channel: int,
+        role: str | None,
+        chunk_index: int,
+        chunk_start_s: float,
+        delta: str,
+        text: str,
+    ) -> None:
+        """Publish one delta of one chunk, without waiting for the broker."""
+        event = {
+            "schema_version": schemas.SCHEMA_VERSION,
+            "type": "partial",
+            "recording_id": recording_id,
+            "attempt": attempt,
+            "sequence": sequence,
+            "channel": channel,
+            "role": role,
+            "chunk_index": chunk_index,
+            "chunk_start_s": round(chunk_start_s, 3),
+            "delta": delta,
+            "text": text,
+            "emitted_at": now_iso(),
+        }
+        await self._sender.send(
+            self._topics.partial, recording_id.encode(), dumps(event), wait=False
+        )
+
+    async def final(self, event: dict[str, Any]) -> None:
+        """Publish a final event and wait until the broker has it."""
+        await self._sender.send(
+            self._topics.final, event["recording_id"].encode(), dumps(event), wait=True
+        )
+
+    async def failed(self, event: dict[str, Any]) -> None:
+        """Publish a failed event and wait until the broker has it."""
+        key = (event["recording_id"] or event["event_id"]).encode()
+        await self._sender.send(self._topics.failed, key, dumps(event), wait=True)

@@ -1,0 +1,106 @@
+"""Create and check the service's topics explicitly: the broker never auto-creates them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streams.config import Settings
+
+__all__ = ["TopicSpec", "TopicStatus", "ensure_topics", "topic_specs"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic the service needs, with the partitions and replication it should have."""
+
+    name: str
+    partitions: int
+    replication: int
+
+
+@dataclass(frozen=True)
+class TopicStatus:
+    """What ``ensure_topics`` found or did for one topic."""
+
+    spec: TopicSpec
+    partitions: int
+    created: bool
+
+    @property
+    def ok(self) -> bool:
+        """Whether the topic has at least the partitions it should have."""
+        return self.partitions >= self.spec.partitions
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The four topics: outputs get as many partitions as the input, keyed the same way."""
+    return [
+        TopicSpec(name, settings.topic_partitions, settings.topic_replication)
+        for name in (
+            settings.topic_recordings,
+            settings.topic_partial,
+            settings.topic_final,
+            settings.topic_failed,
+        )
+    ]
+
+
+async def ensure_topics(
+    bootstrap_servers: str, specs: list[TopicSpec], *, create: bool = True, timeout_s: float = 30.0
+) -> list[TopicStatus]:
+    """Create the missing topics (when ``create``) and report each topic's partition count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in specs if spec.name not in existing]
+        if missing and create:
+            response = await admin.create_topics(
+                [NewTopic(s.name, s.partitions, s.replication) for s in missing]
+            )
+            for topic, code, *message in response.topic_errors:
+                # Another worker may create it between our list and our create: fine.
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise KafkaError(f"cannot create topic {topic!r}: error {code} {message}")
+        return await _describe(
+            admin, specs, {s.name for s in missing} if create else set(), timeout_s
+        )
+    finally:
+        await admin.close()
+
+
+async def _describe(
+    admin: AIOKafkaAdminClient, specs: list[TopicSpec], created: set[str], timeout_s: float
+) -> list[TopicStatus]:
+    # Metadata of a new topic reaches the broker's cache a moment after CreateTopics returns.
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                described = await admin.describe_topics([s.name for s in specs])
+            except KafkaError:
+                described = []
+            counts = {
+                d["topic"]: len(d.get("partitions") or [])
+                for d in described
+                if d.get("error_code", 0) == 0
+            }
+            if all(s.name in counts for s in specs) or not created:
+                break
+            await asyncio.sleep(0.2)
+    statuses = [TopicStatus(s, counts.get(s.name, 0), s.name in created) for s in specs]
+    for status in statuses:
+        if status.partitions and not status.ok:
+            log.warning(
+                "topic %s has %d partitions, fewer than the %d configured",
+                status.spec.name,
+                status.partitions,
+                status.spec.partitions,
+            )
+    return statuses

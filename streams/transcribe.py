@@ -1,0 +1,343 @@
+"""Recognition over Server-Sent Events: DashScope's native protocol and the OpenAI-compatible one.
+
+A backend streams one chunk of audio (a ``data:`` URI) and yields :class:`Delta` pieces as they
+arrive, then one :class:`Result`. Protocol and HTTP failures are translated here, once, into
+the pipeline's errors (streams/errors.py); retrying is the caller's business.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+import orjson
+from httpx_sse import EventSource, SSEError, aconnect_sse
+
+from streams.errors import (
+    PipelineError,
+    RecognitionProtocolError,
+    RecognitionRejected,
+    RecognitionStreamCut,
+    RecognitionThrottled,
+    RecognitionTimeout,
+    RecognitionUnauthorized,
+    RecognitionUnavailable,
+)
+
+__all__ = [
+    "DashScopeBackend",
+    "Delta",
+    "OpenAIBackend",
+    "RecognitionBackend",
+    "RecognitionOptions",
+    "Result",
+    "error_from_reply",
+]
+
+NATIVE_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
+OPENAI_PATH = "/compatible-mode/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class RecognitionOptions:
+    """What the API lets a caller choose for one request."""
+
+    model: str
+    language: str | None = None
+    enable_itn: bool = False
+    context: str = ""
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text since the previous delta of the same request."""
+
+    text: str
+
+
+@dataclass
+class Result:
+    """The end of one request: whole text plus what the recogniser reported about it."""
+
+    text: str = ""
+    language: str | None = None
+    emotion: str | None = None
+    billed_seconds: int = 0
+    request_id: str | None = None
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RecognitionBackend(Protocol):
+    """Streams the recognition of one chunk of audio."""
+
+    name: str
+
+    def stream(self, audio_uri: str, options: RecognitionOptions) -> AsyncIterator[Delta | Result]:
+        """Yield deltas as they arrive, then exactly one Result; raise PipelineError subclasses."""
+        ...
+
+
+# DashScope error codes that do not follow from the HTTP status alone.
+_CODE_ERRORS: dict[str, type[PipelineError]] = {
+    "InvalidApiKey": RecognitionUnauthorized,
+    "AccessDenied": RecognitionUnauthorized,
+    "Arrearage": RecognitionUnauthorized,
+    "InvalidParameter": RecognitionRejected,
+    "DataInspectionFailed": RecognitionRejected,
+    "ModelNotFound": RecognitionRejected,
+    "InternalError": RecognitionUnavailable,
+}
+
+
+def error_from_reply(
+    status: int, code: str | None, message: str, retry_after: str | None = None
+) -> PipelineError:
+    """Map an HTTP status and API error code to the pipeline error it means."""
+    detail = f"recogniser answered {status} {code or ''}: {message}".replace("  ", " ")
+    if status == 429 or (code or "").startswith("Throttling"):
+        return RecognitionThrottled(detail, retry_after_s=_seconds(retry_after))
+    if code:
+        for prefix, cls in _CODE_ERRORS.items():
+            if code == prefix or code.startswith(prefix + "."):
+                return cls(detail)
+    if status in (401, 403):
+        return RecognitionUnauthorized(detail)
+    if status >= 500 or status in (408, 409):
+        return RecognitionUnavailable(detail)
+    if 400 <= status < 500:
+        return RecognitionRejected(detail)
+    return RecognitionProtocolError(detail)
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP-date Retry-After: fall back to our own backoff
+
+
+class _SSEBackend:
+    """What both protocols share: one POST, an SSE reply, errors mapped once."""
+
+    name = "base"
+    path = ""
+
+    def __init__(self, client: httpx.AsyncClient, base_url: str, api_key: str | None) -> None:
+        self._client = client
+        self._url = base_url.rstrip("/") + self.path
+        self._api_key = api_key
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def _body(self, audio_uri: str, options: RecognitionOptions) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def stream(
+        self, audio_uri: str, options: RecognitionOptions
+    ) -> AsyncIterator[Delta | Result]:
+        """Yield deltas as they arrive, then exactly one Result."""
+        body = orjson.dumps(self._body(audio_uri, options))
+        headers = {**self._headers(), "Content-Type": "application/json"}
+        received = False
+        try:
+            async with aconnect_sse(
+                self._client, "POST", self._url, content=body, headers=headers
+            ) as source:
+                await _raise_for_reply(source.response)
+                async for item in self._frames(source):
+                    received = True
+                    yield item
+        except httpx.TimeoutException as exc:
+            raise RecognitionTimeout(
+                f"recogniser sent nothing for too long ({type(exc).__name__})"
+            ) from exc
+        except (httpx.TransportError, SSEError) as exc:
+            # httpx-sse's SSEError subclasses TransportError; both mean the connection broke.
+            if received:
+                raise RecognitionStreamCut(f"stream broke mid-way: {exc!r}") from exc
+            raise RecognitionUnavailable(f"cannot reach the recogniser: {exc!r}") from exc
+
+    def _frames(self, source: EventSource) -> AsyncIterator[Delta | Result]:
+        raise NotImplementedError
+
+
+async def _raise_for_reply(response: httpx.Response) -> None:
+    content_type = response.headers.get("content-type", "")
+    if response.status_code == 200 and "text/event-stream" in content_type:
+        return
+    raw = await response.aread()
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        payload = {}
+    error = payload.get("error") if isinstance(payload.get("error"), dict) else payload
+    code = error.get("code") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if response.status_code == 200:
+        raise RecognitionProtocolError(
+            f"expected an event stream, got {content_type!r}: {raw[:200]!r}"
+        )
+    raise error_from_reply(
+        response.status_code,
+        str(code) if code else None,
+        str(message or raw[:200].decode(errors="replace")),
+        response.headers.get("retry-after"),
+    )
+
+
+def _json(data: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RecognitionProtocolError(f"SSE data is not JSON: {data[:200]!r}") from exc
+    if not isinstance(value, dict):
+        raise RecognitionProtocolError(f"SSE data is not an object: {data[:200]!r}")
+    return value
+
+
+class DashScopeBackend(_SSEBackend):
+    """DashScope's native multimodal-generation endpoint with ``X-DashScope-SSE: enable``."""
+
+    name = "dashscope"
+    path = NATIVE_PATH
+
+    def _headers(self) -> dict[str, str]:
+        return {**super()._headers(), "X-DashScope-SSE": "enable", "X-Accel-Buffering": "no"}
+
+    def _body(self, audio_uri: str, options: RecognitionOptions) -> dict[str, Any]:
+        asr_options: dict[str, Any] = {"enable_itn": options.enable_itn}
+        if options.language:
+            asr_options["language"] = options.language
+        return {
+            "model": options.model,
+            "input": {
+                "messages": [
+                    {"role": "system", "content": [{"text": options.context}]},
+                    {"role": "user", "content": [{"audio": audio_uri}]},
+                ]
+            },
+            "parameters": {
+                "asr_options": asr_options,
+                "incremental_output": True,
+                "result_format": "message",
+            },
+        }
+
+    async def _frames(self, source: EventSource) -> AsyncIterator[Delta | Result]:
+        result = Result()
+        pieces: list[str] = []
+        async for sse in source.aiter_sse():
+            if sse.event == "error":
+                payload = _json(sse.data)
+                # The HTTP status of a stream error lives only in a comment line; the code says
+                # enough (dashscope-protocol.md §3.2).
+                raise error_from_reply(
+                    400 if not str(payload.get("code", "")).startswith("Throttling") else 429,
+                    payload.get("code"),
+                    str(payload.get("message", "")),
+                )
+            payload = _json(sse.data)
+            try:
+                choice = payload["output"]["choices"][0]
+                message = choice["message"]
+            except (KeyError, IndexError, TypeError) as exc:
+                raise RecognitionProtocolError(
+                    f"result frame without output.choices[0].message: {sse.data[:200]!r}"
+                ) from exc
+            text = "".join(
+                item.get("text", "")
+                for item in message.get("content") or []
+                if isinstance(item, dict)
+            )
+            if text:
+                pieces.append(text)
+                yield Delta(text)
+            _note_frame(result, payload, message.get("annotations") or [])
+            if choice.get("finish_reason") in ("stop", "length"):
+                result.text = "".join(pieces)
+                yield result
+                return
+        raise RecognitionStreamCut("stream ended before a frame with finish_reason 'stop'")
+
+
+def _note_frame(result: Result, payload: dict[str, Any], annotations: list[Any]) -> None:
+    result.request_id = payload.get("request_id") or result.request_id
+    usage = payload.get("usage") or {}
+    if isinstance(usage, dict) and isinstance(usage.get("seconds"), int | float):
+        result.billed_seconds = math.ceil(usage["seconds"])
+    for note in annotations:
+        if isinstance(note, dict) and note.get("type") == "audio_info":
+            result.annotations = [note]
+            result.language = note.get("language") or result.language
+            result.emotion = note.get("emotion") or result.emotion
+
+
+class OpenAIBackend(_SSEBackend):
+    """OpenAI-compatible chat completions, as DashScope's compatible mode and vLLM speak it."""
+
+    name = "openai"
+    path = OPENAI_PATH
+
+    def _body(self, audio_uri: str, options: RecognitionOptions) -> dict[str, Any]:
+        asr_options: dict[str, Any] = {"enable_itn": options.enable_itn}
+        if options.language:
+            asr_options["language"] = options.language
+        messages: list[dict[str, Any]] = []
+        if options.context:
+            messages.append(
+                {"role": "system", "content": [{"type": "text", "text": options.context}]}
+            )
+        messages.append(
+            {
+                "role": "user",
+                "content": [{"type": "input_audio", "input_audio": {"data": audio_uri}}],
+            }
+        )
+        return {
+            "model": options.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "asr_options": asr_options,
+        }
+
+    async def _frames(self, source: EventSource) -> AsyncIterator[Delta | Result]:
+        result = Result()
+        pieces: list[str] = []
+        finished = False
+        async for sse in source.aiter_sse():
+            if sse.data.strip() == "[DONE]":
+                if not finished:
+                    break
+                result.text = "".join(pieces)
+                yield result
+                return
+            payload = _json(sse.data)
+            if sse.event == "error" or "error" in payload or "code" in payload:
+                error = payload.get("error", payload)
+                raise error_from_reply(
+                    429 if str(error.get("code", "")).startswith("Throttling") else 400,
+                    error.get("code"),
+                    str(error.get("message", "")),
+                )
+            result.request_id = payload.get("id") or result.request_id
+            usage = payload.get("usage")
+            if isinstance(usage, dict) and isinstance(usage.get("seconds"), int | float):
+                result.billed_seconds = math.ceil(usage["seconds"])
+            for choice in payload.get("choices") or []:
+                delta = choice.get("delta") or {}
+                text = delta.get("content") or ""
+                if text:
+                    pieces.append(text)
+                    yield Delta(text)
+                _note_frame(result, {}, delta.get("annotations") or [])
+                if choice.get("finish_reason") in ("stop", "length"):
+                    finished = True
+        raise RecognitionStreamCut("stream ended before 'data: [DONE]'")
