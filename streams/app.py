@@ -9,7 +9,8 @@ import faust
 import httpx
 
 from streams.config import Settings
-from streams.pipeline import Pipeline
+from streams.fetch import fetch_client
+from streams.pipeline import Pipeline, fetch_limits
 from streams.publish import Publisher, TopicNames
 from streams.transcribe import DashScopeBackend, OpenAIBackend, RecognitionBackend
 
@@ -42,6 +43,7 @@ class Runtime:
         self.settings = settings
         self._sender = sender
         self._http: httpx.AsyncClient | None = None
+        self._fetch_http: httpx.AsyncClient | None = None
         self._pipeline: Pipeline | None = None
 
     def pipeline(self) -> Pipeline:
@@ -64,7 +66,10 @@ class Runtime:
                 self._http, s.resolved_asr_base_url, s.resolved_api_key
             )
             topics = TopicNames(partial=s.topic_partial, final=s.topic_final, failed=s.topic_failed)
-            self._pipeline = Pipeline(s, backend, Publisher(self._sender, topics), self._http)
+            # Audio downloads get their own guarded client: it never carries the API key and
+            # connects only to the addresses the SSRF guard checked.
+            self._fetch_http = fetch_client(fetch_limits(s))
+            self._pipeline = Pipeline(s, backend, Publisher(self._sender, topics), self._fetch_http)
             log.info(
                 "recognition via %s backend at %s, model %s",
                 backend.name,
@@ -74,9 +79,10 @@ class Runtime:
         return self._pipeline
 
     async def close(self) -> None:
-        """Close the HTTP client."""
-        if self._http is not None:
-            await self._http.aclose()
+        """Close the HTTP clients."""
+        for client in (self._http, self._fetch_http):
+            if client is not None:
+                await client.aclose()
 
 
 def create_app(settings: Settings) -> faust.App:

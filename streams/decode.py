@@ -21,6 +21,7 @@ from streams.errors import AudioTooLong, UndecodableAudio
 __all__ = ["SAMPLE_RATE", "DecodedAudio", "decode", "decode_sync"]
 
 SAMPLE_RATE = 16_000
+_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 6: "5.1", 8: "7.1"}
 Layout = Literal["mix", "split"]
 
 
@@ -114,7 +115,8 @@ def _decode_stream(
     split = layout == "split" and source_channels > 1
     resampler = av.AudioResampler(
         format="s16p" if split else "s16",
-        layout=stream.codec_context.layout.name if split else "mono",
+        # Keep every source channel; WAV may declare only a count, so name the layout by it.
+        layout=_LAYOUTS.get(source_channels, f"{source_channels}c") if split else "mono",
         rate=SAMPLE_RATE,
     )
     max_samples = None if max_duration_s is None else int(max_duration_s * SAMPLE_RATE)

@@ -38,7 +38,7 @@ from streams.fetch import FetchLimits, fetch
 from streams.publish import Publisher
 from streams.transcribe import RecognitionBackend, RecognitionOptions, Result
 
-__all__ = ["Chunk", "Pipeline", "plan_chunks"]
+__all__ = ["Chunk", "Pipeline", "fetch_limits", "plan_chunks"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,16 @@ class _Progress:
     last_error: PipelineError | None = None
 
 
+def fetch_limits(settings: Settings) -> FetchLimits:
+    """The fetch stage's limits from the settings."""
+    return FetchLimits(
+        max_bytes=settings.max_audio_bytes,
+        timeout_s=settings.fetch_timeout_s,
+        file_roots=settings.file_roots,
+        allow_private_hosts=settings.allow_private_hosts,
+    )
+
+
 def _retry_backoff(exc: Exception) -> bool | float:
     """Retry transient errors only, waiting what the server asked for when it said."""
     if isinstance(exc, TransientError):
@@ -106,7 +116,7 @@ class Pipeline:
         settings: Settings,
         backend: RecognitionBackend,
         publisher: Publisher,
-        http: httpx.AsyncClient,
+        fetch_http: httpx.AsyncClient,
         *,
         max_request_s: float = 300.0,
         retry_wait_initial_s: float = 0.5,
@@ -115,7 +125,7 @@ class Pipeline:
         self._settings = settings
         self._backend = backend
         self._publisher = publisher
-        self._http = http
+        self._fetch_http = fetch_http
         self._max_request_s = max_request_s
         self._retry_wait = (retry_wait_initial_s, retry_wait_max_s)
         # Worker-wide bound on recognition requests in flight, across partitions.
@@ -128,12 +138,7 @@ class Pipeline:
             layout=settings.channel_layout,
             roles=settings.channel_roles,
         )
-        self._limits = FetchLimits(
-            max_bytes=settings.max_audio_bytes,
-            timeout_s=settings.fetch_timeout_s,
-            file_roots=settings.file_roots,
-            allow_private_hosts=settings.allow_private_hosts,
-        )
+        self._limits = fetch_limits(settings)
 
     async def process(self, raw: bytes, *, where: str = "") -> dict[str, Any]:
         """Turn one raw recording event into its published terminal event, and return it."""
@@ -199,7 +204,7 @@ class Pipeline:
     async def _transcribe(self, recording: Recording, progress: _Progress) -> dict[str, Any]:
         timings: dict[str, Any] = {}
         t = time.perf_counter()
-        async with await fetch(recording.audio_url, self._limits, self._http) as fetched:
+        with await fetch(recording.audio_url, self._limits, self._fetch_http) as fetched:
             timings["fetch_s"] = time.perf_counter() - t
             t = time.perf_counter()
             layout = "mix" if recording.layout == "mix" else "split"

@@ -1,0 +1,123 @@
+"""Reading recording events and building failed events against the contracts in schemas/."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+import schemas
+from streams.errors import InvalidEvent, RecognitionThrottled, UndecodableAudio
+from streams.events import RecognitionDefaults, event_id, failed_event, parse_recording
+
+DEFAULTS = RecognitionDefaults(model="qwen3-asr-flash", language=None, context="default context")
+
+
+def _raw(**fields: object) -> bytes:
+    return orjson.dumps(
+        {"schema_version": 1, "recording_id": "r-1", "audio_url": "file:///x.wav", **fields}
+    )
+
+
+def test_defaults_apply_when_the_event_is_silent() -> None:
+    """An event with only the required fields gets the worker's defaults."""
+    recording = parse_recording(_raw(), DEFAULTS)
+    assert recording.model == "qwen3-asr-flash"
+    assert recording.context == "default context"
+    assert recording.layout == "mix"
+    assert recording.roles == ("agent", "customer")
+    assert recording.call == {}
+
+
+def test_event_options_override_defaults_and_hotwords_join_the_context() -> None:
+    """Recognition options in the event win, and hotwords are appended to the context."""
+    recording = parse_recording(
+        _raw(
+            recognition={"language": "de", "context": "Telco", "hotwords": ["Glasfaser", "DSL"]},
+            channels={"layout": "split", "roles": ["customer", "agent"]},
+            call={"call_id": "c-9", "nested": {"x": [1, 2]}},
+        ),
+        DEFAULTS,
+    )
+    assert recording.language == "de"
+    assert recording.context == "Telco\nGlasfaser DSL"
+    assert recording.layout == "split"
+    assert recording.roles == ("customer", "agent")
+    assert recording.call == {"call_id": "c-9", "nested": {"x": [1, 2]}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "fragment"),
+    [
+        pytest.param(b"{not json", "invalid_event", "not valid JSON", id="malformed"),
+        pytest.param(b"[1, 2]", "invalid_event", "JSON object", id="array"),
+        pytest.param(_raw(schema_version=2), "unsupported_schema_version", "got 2", id="version"),
+        pytest.param(
+            b'{"recording_id": "r"}', "unsupported_schema_version", "None", id="no-version"
+        ),
+        pytest.param(_raw(recording_id=7), "invalid_event", "recording_id", id="id-type"),
+        pytest.param(_raw(audio_url=""), "invalid_event", "audio_url", id="empty-url"),
+        pytest.param(_raw(recognition={"language": "xx"}), "invalid_event", "language", id="lang"),
+        pytest.param(
+            _raw(recognition={"context": "x" * 10_001}), "invalid_event", "context", id="ctx"
+        ),
+        pytest.param(_raw(surprise=True), "invalid_event", "surprise", id="unknown-field"),
+        pytest.param(_raw(channels={"layout": "3d"}), "invalid_event", "layout", id="layout"),
+    ],
+)
+def test_invalid_events_raise_with_a_precise_code(raw: bytes, code: str, fragment: str) -> None:
+    """Each kind of invalid event raises InvalidEvent with its code and names the culprit."""
+    with pytest.raises(InvalidEvent) as caught:
+        parse_recording(raw, DEFAULTS)
+    assert caught.value.code == code
+    assert fragment in caught.value.message
+
+
+def test_failed_event_keeps_the_original_and_matches_its_schema() -> None:
+    """A failed event carries the original event, the error, and validates against its schema."""
+    raw = _raw(call={"call_id": "c-1"})
+    recording = parse_recording(raw, DEFAULTS)
+    event = failed_event(
+        UndecodableAudio("cannot decode"),
+        raw=raw,
+        recording=recording,
+        recording_id="r-1",
+        attempts=0,
+    )
+    schemas.validator("failed").validate(event)
+    assert event["error"] == {
+        "code": "undecodable_audio",
+        "stage": "decode",
+        "message": "cannot decode",
+        "retryable": False,
+    }
+    assert event["original_event"]["call"] == {"call_id": "c-1"}
+    assert event["original_raw"] is None
+    assert event["event_id"] == event_id("failed", "r-1")
+
+
+def test_failed_event_of_unreadable_bytes_keeps_them_as_text() -> None:
+    """Bytes that are not JSON survive in original_raw, and the event still validates."""
+    raw = b"\xff\xfe garbage"
+    event = failed_event(
+        InvalidEvent("not JSON"), raw=raw, recording=None, recording_id=None, attempts=0
+    )
+    schemas.validator("failed").validate(event)
+    assert event["original_event"] is None
+    assert "garbage" in event["original_raw"]
+
+
+def test_transient_errors_are_marked_retryable() -> None:
+    """A failure after retries ran out tells consumers that republishing could help."""
+    raw = _raw()
+    event = failed_event(
+        RecognitionThrottled("429"), raw=raw, recording=None, recording_id="r-1", attempts=5
+    )
+    assert event["error"]["retryable"] is True
+    assert event["attempts"] == 5
+
+
+def test_event_ids_are_deterministic_per_recording() -> None:
+    """The same recording id always gives the same final event id, and ids differ by kind."""
+    assert event_id("final", "r-1") == event_id("final", "r-1")
+    assert event_id("final", "r-1") != event_id("final", "r-2")
+    assert event_id("final", "r-1") != event_id("failed", "r-1")
