@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 __all__ = [
+    "DropConnection",
     "Engine",
     "EngineBusy",
     "EngineError",
@@ -93,3 +94,11 @@ class EngineBusy(EngineError):
 
 class EngineFailure(EngineError):
     """The engine broke while recognising (HTTP 500 InternalError)."""
+
+
+class DropConnection(Exception):
+    """Raised by an engine to make the server cut the connection without a final frame.
+
+    Not an :class:`EngineError`: it stands for a network failure (fault injection), which
+    the cloud never reports as an error body, so the client must see a truncated stream.
+    """

@@ -1,0 +1,404 @@
+"""The HTTP side of the local ASR server: auth, audio resolution, decoding, and the two APIs.
+
+Engine-neutral on purpose: engine-specific endpoints come in through ``extra_routes`` and
+per-request bookkeeping through ``on_finished``. A streaming reply starts (HTTP 200 and
+headers) only once the engine yields its first piece, so a refusal before that is a real
+4xx/5xx JSON reply; after it, errors travel as SSE error frames (dashscope-protocol.md §3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import math
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+from starlette.types import Send
+
+from streams.asr_server.engine import DropConnection, Engine, EngineError, Piece, RecognitionRequest
+from streams.asr_server.protocol import (
+    BAD_URL,
+    ApiError,
+    AsrRequest,
+    CompatibleStream,
+    NativeStream,
+    billed_seconds,
+    compatible_error_body,
+    decode_data_uri,
+    native_error_body,
+    parse_compatible_request,
+    parse_native_request,
+)
+from streams.decode import decode_sync
+from streams.errors import AudioTooLong, UndecodableAudio
+
+__all__ = [
+    "COMPATIBLE_PATH",
+    "NATIVE_PATH",
+    "RequestOutcome",
+    "create_app",
+    "fetch_audio_url",
+]
+
+NATIVE_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
+COMPATIBLE_PATH = "/compatible-mode/v1/chat/completions"
+SSE_TYPE = "text/event-stream;charset=UTF-8"
+JSON_TYPE = "application/json"
+MiB = 1024 * 1024
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RequestOutcome:
+    """What became of one request, handed to ``on_finished`` when the reply is over."""
+
+    request_id: str
+    endpoint: str
+    """``native`` or ``compatible``."""
+    stream: bool = False
+    http_status: int = 200
+    error_code: str | None = None
+    """Code of the error reply or error frame, if any."""
+    error_message: str | None = None
+    context: str | None = None
+    language: str | None = None
+    """Language the client asked for (None: detect, or the request never parsed)."""
+    audio_s: float | None = None
+    text: str = ""
+    """Text actually sent to the client."""
+    finished: bool = False
+    """Whether the final frame (or the whole JSON body) went out."""
+
+
+async def fetch_audio_url(url: str, *, max_bytes: int = 10 * MiB, timeout_s: float = 30.0) -> bytes:
+    """Download the audio an http(s) URL names, capped in size and total time.
+
+    The one place remote audio is fetched: the SSRF guard belongs here. Redirects are not
+    followed until that guard can vet every hop.
+    """
+    failed = ApiError(400, "InvalidParameter", "Failed to download multimodal content.")
+    try:
+        async with (
+            asyncio.timeout(timeout_s),
+            httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise failed
+            data = bytearray()
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > max_bytes:
+                    raise ApiError(400, "InvalidParameter", "Multimodal file size is too large")
+            return bytes(data)
+    except (httpx.HTTPError, TimeoutError) as exc:
+        raise failed from exc
+
+
+def _decode_pcm(data: bytes, max_audio_s: float) -> np.ndarray:
+    """Decode audio bytes to 16 kHz mono int16, translating decoder errors to API errors."""
+    try:
+        return decode_sync(io.BytesIO(data), layout="mix", max_duration_s=max_audio_s).channels[0]
+    except AudioTooLong as exc:
+        message = f"The audio is too long: {exc.message} (the limit is {max_audio_s:g} s)."
+        raise ApiError(400, "InvalidParameter", message) from exc
+    except UndecodableAudio as exc:
+        if exc.code == "empty_audio":
+            raise ApiError(400, "InvalidParameter", "The audio is empty") from exc
+        message = "The audio format is illegal and cannot be opened."
+        raise ApiError(400, "InvalidParameter", message) from exc
+
+
+class _Stream(StreamingResponse):
+    """A streaming response that a :class:`DropConnection` leaves unfinished on purpose."""
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        except DropConnection:
+            # Returning without the final body message makes uvicorn close the socket
+            # mid-body: the client sees a truncated chunked stream, like a network cut.
+            logger.warning(
+                "request %s: connection dropped on the engine's request",
+                self.headers.get("x-request-id"),
+            )
+        finally:
+            # Starlette leaves the generator suspended when the client goes away; close it
+            # now so the engine stops and the outcome is reported at once, not at GC time.
+            await _close(self.body_iterator)
+
+
+async def _no_body() -> AsyncIterator[bytes]:
+    raise DropConnection
+    yield b""  # pragma: no cover  # makes this an async generator
+
+
+_Encoder = NativeStream | CompatibleStream
+
+
+@dataclass
+class _Started:
+    """A recognition whose first piece is in hand (None: the engine produced nothing)."""
+
+    asr: AsrRequest
+    pieces: AsyncIterator[Piece]
+    first: Piece | None
+    seconds: int
+
+
+class _Server:
+    """Request handlers sharing the engine and the limits."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        api_key: str | None,
+        max_audio_s: float,
+        max_data_uri_bytes: int,
+        on_finished: Callable[[RequestOutcome], None] | None,
+    ):
+        self.engine = engine
+        self.api_key = api_key
+        self.max_audio_s = max_audio_s
+        self.max_data_uri_bytes = max_data_uri_bytes
+        self.on_finished = on_finished
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "engine": self.engine.name})
+
+    async def native(self, request: Request) -> Response:
+        """Serve the native API: SSE when ``X-DashScope-SSE: enable``, else one JSON body."""
+        return await self._serve(request, "native")
+
+    async def compatible(self, request: Request) -> Response:
+        """Serve the OpenAI-compatible chat-completions API."""
+        return await self._serve(request, "compatible")
+
+    async def _serve(self, request: Request, endpoint: str) -> Response:
+        native = endpoint == "native"
+        outcome = RequestOutcome(str(uuid.uuid4()), endpoint)
+        try:
+            self._authorize(request)
+            if native and request.headers.get("x-dashscope-async", "").lower() == "enable":
+                message = "current user api does not support asynchronous calls."
+                raise ApiError(403, "AccessDenied", message)
+            body = await self._body(request)
+            asr = parse_native_request(body) if native else parse_compatible_request(body)
+            sse = request.headers.get("x-dashscope-sse", "").lower() == "enable"
+            outcome.stream = sse if native else asr.stream
+            started = await self._start(asr, outcome)
+            encoder = self._encoder(native, started, outcome.request_id)
+            if outcome.stream:
+                return self._stream(started, encoder, outcome)
+            text, language, emotion = await self._collect(started, outcome.request_id)
+        except ApiError as exc:
+            outcome.http_status, outcome.error_code = exc.status, exc.code
+            outcome.error_message = exc.message
+            self._report(outcome)
+            if native:
+                body = native_error_body(exc.code, exc.message, outcome.request_id)
+            else:
+                body = compatible_error_body(exc.status, exc.code, exc.message, outcome.request_id)
+            headers = {"x-request-id": outcome.request_id}
+            if exc.retry_after_s is not None:
+                headers["retry-after"] = str(math.ceil(exc.retry_after_s))
+            return Response(body, exc.status, headers=headers, media_type=JSON_TYPE)
+        except DropConnection:
+            outcome.error_code = "ConnectionDropped"
+            self._report(outcome)
+            return _Stream(_no_body(), headers={"x-request-id": outcome.request_id})
+        body = encoder.body(text, language, emotion)
+        outcome.text, outcome.finished = text, True
+        self._report(outcome)
+        headers = {"x-request-id": outcome.request_id, "x-dashscope-finished": "true"}
+        return Response(body, 200, headers=headers, media_type=JSON_TYPE)
+
+    @staticmethod
+    def _encoder(native: bool, started: _Started, request_id: str) -> _Encoder:
+        asr, seconds = started.asr, started.seconds
+        if native:
+            incremental = asr.incremental_output is True  # absent: cumulative (§2.3)
+            return NativeStream(
+                request_id=request_id,
+                seconds=seconds,
+                incremental=incremental,
+                language=asr.language,
+            )
+        return CompatibleStream(
+            request_id=request_id,
+            seconds=seconds,
+            model=asr.model,
+            created=int(time.time()),
+            include_usage=asr.include_usage,
+            language=asr.language,
+        )
+
+    def _authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: the time taken must not tell how much of a guessed key was right.
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            key.strip().encode(), self.api_key.encode()
+        ):
+            raise ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
+
+    async def _body(self, request: Request) -> bytes:
+        # Room for one maximal data URI plus the JSON around it; beyond that, stop reading.
+        cap = 2 * self.max_data_uri_bytes + MiB
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise ApiError(400, "InvalidParameter", "Multimodal file size is too large")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _start(self, asr: AsrRequest, outcome: RequestOutcome) -> _Started:
+        """Fetch and decode the audio, then wait for the engine's first piece."""
+        outcome.context, outcome.language = asr.context, asr.language
+        if asr.audio.startswith("data:"):
+            data = await asyncio.to_thread(
+                decode_data_uri, asr.audio, max_bytes=self.max_data_uri_bytes
+            )
+        elif asr.audio.split(":", 1)[0].lower() in ("http", "https"):
+            data = await fetch_audio_url(asr.audio, max_bytes=self.max_data_uri_bytes)
+        else:  # file:// and oss:// need the SDK's upload service, which is not emulated
+            raise ApiError(400, "InvalidParameter", BAD_URL)
+        pcm = await asyncio.to_thread(_decode_pcm, data, self.max_audio_s)
+        recognition = RecognitionRequest(
+            pcm=pcm,
+            sample_rate=16_000,
+            request_id=outcome.request_id,
+            language=asr.language,
+            context=asr.context,
+            enable_itn=asr.enable_itn,
+        )
+        outcome.audio_s = recognition.duration_s
+        pieces = self.engine.recognize(recognition)
+        try:
+            first = await self._next(pieces, outcome.request_id)
+        except BaseException:
+            await _close(pieces)
+            raise
+        return _Started(asr, pieces, first, billed_seconds(recognition.duration_s))
+
+    async def _next(self, pieces: AsyncIterator[Piece], request_id: str) -> Piece | None:
+        """Await the engine's next piece, turning its failures into the API's errors."""
+        try:
+            return await anext(pieces, None)
+        except EngineError as exc:
+            retry = exc.retry_after_s
+            if exc.status == 429 and retry is None:
+                retry = 1.0  # clients back off better with a hint than without
+            raise ApiError(exc.status, exc.code, exc.message, retry_after_s=retry) from exc
+        except DropConnection:
+            raise
+        except Exception as exc:
+            logger.exception("engine %s failed on request %s", self.engine.name, request_id)
+            raise ApiError(500, "InternalError", _INTERNAL) from exc
+
+    async def _collect(
+        self, started: _Started, request_id: str
+    ) -> tuple[str, str | None, str | None]:
+        """Gather the whole transcript for a non-streaming reply."""
+        text, language, emotion = "", started.asr.language, None
+        piece = started.first
+        try:
+            while piece is not None:
+                text += piece.text
+                language = piece.language or language
+                emotion = piece.emotion or emotion
+                piece = await self._next(started.pieces, request_id)
+        finally:
+            await _close(started.pieces)
+        return text, language, emotion
+
+    def _stream(self, started: _Started, encoder: _Encoder, outcome: RequestOutcome) -> Response:
+        headers = {
+            "x-request-id": outcome.request_id,
+            "x-dashscope-finished": "true",
+            "cache-control": "no-cache",
+        }
+        frames = self._frames(started, encoder, outcome)
+        return _Stream(frames, headers=headers, media_type=SSE_TYPE)
+
+    async def _frames(
+        self, started: _Started, encoder: _Encoder, outcome: RequestOutcome
+    ) -> AsyncIterator[bytes]:
+        try:
+            if opening := encoder.start():
+                yield opening
+            piece = started.first
+            while piece is not None:
+                # Empty pieces only commit the response (an engine may need HTTP 200 first).
+                if piece.text:
+                    yield encoder.piece(piece.text, piece.language, piece.emotion)
+                piece = await self._next(started.pieces, outcome.request_id)
+            yield encoder.finish()
+            outcome.finished = True
+        except ApiError as exc:
+            outcome.error_code, outcome.error_message = exc.code, exc.message
+            yield encoder.error(exc.status, exc.code, exc.message)
+        except DropConnection:
+            outcome.error_code = "ConnectionDropped"
+            raise
+        finally:
+            outcome.text = encoder.text
+            await _close(started.pieces)
+            self._report(outcome)
+
+    def _report(self, outcome: RequestOutcome) -> None:
+        if self.on_finished is None:
+            return
+        try:
+            self.on_finished(outcome)
+        except Exception:
+            # Bookkeeping must not break a reply that is already on its way.
+            logger.exception("on_finished failed for request %s", outcome.request_id)
+
+
+_INTERNAL = "An internal error has occured, please try again later or contact service support."
+
+
+async def _close(pieces: AsyncIterator[Any]) -> None:
+    """Close an engine's iterator even while the request is being cancelled."""
+    aclose = getattr(pieces, "aclose", None)
+    if aclose is not None:
+        # Shielded: a client disconnect cancels the request, and the engine must still stop.
+        with anyio.CancelScope(shield=True):
+            await aclose()
+
+
+def create_app(
+    engine: Engine,
+    *,
+    api_key: str | None,
+    max_audio_s: float = 300.0,
+    max_data_uri_bytes: int = 10 * MiB,
+    extra_routes: Sequence[BaseRoute] = (),
+    on_finished: Callable[[RequestOutcome], None] | None = None,
+) -> Starlette:
+    """Build the server around ``engine``; ``api_key=None`` accepts any key."""
+    server = _Server(engine, api_key, max_audio_s, max_data_uri_bytes, on_finished)
+    routes: list[BaseRoute] = [
+        Route(NATIVE_PATH, server.native, methods=["POST"]),
+        Route(COMPATIBLE_PATH, server.compatible, methods=["POST"]),
+        Route("/health", server.health, methods=["GET"]),
+        *extra_routes,
+    ]
+    return Starlette(routes=routes)
