@@ -1,0 +1,420 @@
+"""A real single-node Apache Kafka (KRaft) assembled from Maven Central, for tests and local dev.
+
+There is no Debian broker package and no PyPI wheel with the Kafka jars, so the broker's runtime
+classpath is copied from Maven Central with ``mvn dependency:copy-dependencies`` into a
+self-contained cache, then ``kafka.Kafka`` runs straight from it (kafka-faust.md §2).
+
+Run it in the foreground with ``python -m streams.localkafka --port 9092``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import base64
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from string import Template
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+__all__ = [
+    "DEFAULT_PORT",
+    "KAFKA_VERSION",
+    "LOG4J_VERSION",
+    "BrokerStartError",
+    "LocalKafka",
+    "default_cache_dir",
+    "ensure_jars",
+    "main",
+]
+
+# The newest release on Maven Central (2026-11-23; 4.4.1 and 4.5.0 do not resolve). Faust's
+# maintainers ran their live suite on 4.0.0 with aiokafka 0.14, which still uses protocol versions
+# inside the 4.x baselines (KIP-896); the tests in tests/integration confirm it on this version.
+KAFKA_VERSION = "4.4.0"
+# kafka-server 4.4.0 brings log4j-api/log4j-core 2.25.5 (`mvn dependency:tree`) but no SLF4J
+# binding; log4j-slf4j-impl must match log4j-core exactly.
+LOG4J_VERSION = "2.25.5"
+DEFAULT_PORT = 9092
+
+_RESOURCES = Path(__file__).with_name("kafka_resources")
+_MARKER = ".complete"
+# The tarball's kafka-run-class.sh defaults minus its 1 GB fixed heap, which a test broker on a
+# 2-core CI machine does not need; ExitOnOutOfMemoryError turns a wedged JVM into a clear exit.
+_JVM_OPTS = ["-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"]
+_JVM_OPTS += ["-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent"]
+_JVM_OPTS += ["-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true"]
+
+log = logging.getLogger(__name__)
+# Brokers still running when the interpreter exits (a crashed test session) get stopped.
+_live: set[LocalKafka] = set()
+
+
+class BrokerStartError(RuntimeError):
+    """The broker's jars could not be fetched, or it failed to format, start or answer in time."""
+
+
+def default_cache_dir(base: Path | None = None) -> Path:
+    """Return ``$STREAMS_CACHE_DIR``, or ``.cache`` under ``base`` (the current directory)."""
+    return Path(base or ".", os.environ.get("STREAMS_CACHE_DIR") or ".cache").resolve()
+
+
+def ensure_jars(cache_dir: Path) -> Path:
+    """Return ``<cache_dir>/kafka-<version>/libs``, downloading the broker's jars once.
+
+    Raises:
+        BrokerStartError: ``mvn`` is missing or failed; its output is in the message.
+    """
+    cache_dir = cache_dir.resolve()
+    libs = cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
+    if _libs_complete(libs):
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerStartError("`mvn` is not on PATH; it is needed once to fetch the Kafka jars")
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    # Test sessions and the dev CLI may start at once; one downloads, the others wait and reuse.
+    with (libs.parent / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _libs_complete(libs):
+            return libs
+        shutil.rmtree(libs, ignore_errors=True)
+        started = time.monotonic()
+        # The local repo lives in the cache too, so nothing touches ~/.m2.
+        cmd = [mvn, "-q", "-B", "-f", str(_RESOURCES / "pom.xml"), "dependency:copy-dependencies"]
+        cmd += [f"-Dmaven.repo.local={cache_dir / 'm2'}", f"-DoutputDirectory={libs}"]
+        cmd += ["-DincludeScope=runtime", f"-Dkafka.version={KAFKA_VERSION}"]
+        cmd += [f"-Dlog4j.version={LOG4J_VERSION}"]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise BrokerStartError(f"mvn took over {exc.timeout:.0f} s: {cmd}") from exc
+        jars = {p.name: p.stat().st_size for p in libs.glob("*.jar")} if libs.is_dir() else {}
+        if done.returncode != 0 or f"kafka_2.13-{KAFKA_VERSION}.jar" not in jars:
+            output = "\n".join((done.stdout + done.stderr).splitlines()[-40:])
+            what = f"mvn could not fetch the Kafka {KAFKA_VERSION} jars (exit {done.returncode})"
+            raise BrokerStartError(f"{what}:\n{output}")
+        # Written last, so an interrupted download is redone instead of half-used; the sizes
+        # catch a jar truncated or replaced later.
+        marker = {"kafka": KAFKA_VERSION, "log4j": LOG4J_VERSION, "jars": jars}
+        (libs / _MARKER).write_text(json.dumps(marker, indent=1))
+        log.info("fetched %d jars into %s in %.1f s", len(jars), libs, time.monotonic() - started)
+    return libs
+
+
+def _libs_complete(libs: Path) -> bool:
+    try:
+        marker = json.loads((libs / _MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        marker.get("kafka") == KAFKA_VERSION
+        and marker.get("log4j") == LOG4J_VERSION
+        and isinstance(marker.get("jars"), dict)
+        and all(
+            (libs / jar).is_file() and (libs / jar).stat().st_size == size
+            for jar, size in marker["jars"].items()
+        )
+    )
+
+
+def _free_ports(count: int) -> list[int]:
+    # All sockets stay bound until every port is picked, so the ports differ from each other.
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home, "bin", "java")) if java_home else shutil.which("java")
+    if not java or not Path(java).is_file():
+        raise BrokerStartError("no `java` on PATH or in $JAVA_HOME; Kafka 4.x needs Java 17+")
+    return java
+
+
+async def _cluster_id(bootstrap: str) -> str | None:
+    """Return the cluster id a metadata request to ``bootstrap`` reports."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, client_id="localkafka-probe", request_timeout_ms=3000
+    )
+    try:
+        await admin.start()
+        cluster = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    return cluster.get("cluster_id")
+
+
+def _probe(bootstrap: str) -> str | None:
+    # A private loop in a helper thread: works under a running loop (async fixtures), where
+    # asyncio.run refuses, and never resets the caller's current loop as asyncio.run does.
+    with ThreadPoolExecutor(1, thread_name_prefix="localkafka-probe") as pool:
+        return pool.submit(asyncio.run, _cluster_id(bootstrap)).result()
+
+
+def _accepts(port: int) -> bool:
+    # A cheap gate before the metadata probe: aiokafka logs an ERROR per refused bootstrap.
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@atexit.register
+def _stop_live() -> None:
+    for broker in list(_live):
+        broker.stop(timeout_s=10.0)
+
+
+class LocalKafka:
+    """One Kafka broker+controller process on loopback, with its own run directory.
+
+    From async code call the blocking methods through ``asyncio.to_thread``, e.g.
+    ``await asyncio.to_thread(broker.restart)``, so the event loop keeps serving clients.
+    """
+
+    def __init__(
+        self,
+        libs_dir: Path | None = None,
+        *,
+        port: int | None = None,
+        run_dir: Path | None = None,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
+        self.libs_dir = libs_dir
+        free = _free_ports(3)
+        self.port = free[0] if port is None else port
+        # Two distinct free ports always leave one that differs from a given client port.
+        self.controller_port = next(p for p in free[1:] if p != self.port)
+        self._own_run_dir = run_dir is None
+        self.run_dir = Path(tempfile.mkdtemp(prefix="localkafka-")) if run_dir is None else run_dir
+        self.log_path = self.run_dir / "server.log"
+        self.started_in_s: float | None = None
+        self.cluster_id: str | None = None
+        self._config = dict(config or {})
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        """The ``host:port`` clients connect to."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the broker process exists and has not exited."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout_s: float = 60.0) -> LocalKafka:
+        """Format storage if needed, launch ``kafka.Kafka`` and wait until it answers metadata."""
+        if self.is_running:
+            return self
+        if self.libs_dir is None:
+            self.libs_dir = ensure_jars(default_cache_dir())
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        properties = self._write_properties()
+        self._format(properties)
+        self._process = self._launch("kafka.Kafka", str(properties))
+        _live.add(self)
+        started = time.monotonic()
+        self.wait_ready(timeout_s)
+        self.started_in_s = time.monotonic() - started
+        log.info("kafka %s ready at %s in %.1f s", KAFKA_VERSION, self.bootstrap, self.started_in_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Poll with a metadata request until this broker answers with its own cluster id.
+
+        Comparing cluster ids keeps another broker already on the port from passing for ours;
+        ours then fails to bind and exits, and the log tail says so.
+
+        Raises:
+            BrokerStartError: the process exited or did not answer within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        last = f"nothing listens on port {self.port}"
+        while True:
+            if not self.is_running:
+                code = self._process.returncode if self._process else None
+                self.stop()
+                raise BrokerStartError(self._failure(f"the broker exited with code {code}"))
+            try:
+                if _accepts(self.port):
+                    if (cluster_id := _probe(self.bootstrap)) == self.cluster_id:
+                        return
+                    last = f"answered for cluster {cluster_id!r}, not ours {self.cluster_id!r}"
+            except (KafkaError, OSError) as exc:  # OSError covers TimeoutError too
+                last = repr(exc)
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerStartError(self._failure(f"not ready after {timeout_s:g} s ({last})"))
+            time.sleep(0.25)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Send SIGTERM, wait up to ``timeout_s`` for a clean shutdown, then SIGKILL."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("kafka ignored SIGTERM for %.0f s; killing it", timeout_s)
+                process.kill()
+                process.wait()
+        # Forgotten only once it is gone: if a second Ctrl-C interrupts the wait, atexit retries.
+        self._process = None
+        _live.discard(self)
+
+    def restart(self, timeout_s: float = 60.0) -> None:
+        """Stop the broker and start it again on the same ports and data."""
+        self.stop()
+        self.start(timeout_s)
+
+    def close(self) -> None:
+        """Stop the broker and delete the run directory if this object created it."""
+        self.stop()
+        if self._own_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def log_tail(self, n: int = 40) -> str:
+        """Return the last ``n`` lines of the broker's log (JVM output included)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-n:]) if n > 0 else ""
+
+    def __enter__(self) -> LocalKafka:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        return f"LocalKafka({self.bootstrap!r}, {state}, run_dir={str(self.run_dir)!r})"
+
+    def _write_properties(self) -> Path:
+        template = Template((_RESOURCES / "server.properties").read_text())
+        data_dir = self.run_dir / "data"
+        text = template.substitute(
+            port=self.port, controller_port=self.controller_port, data_dir=data_dir
+        )
+        extra = "".join(f"{key}={value}\n" for key, value in self._config.items())
+        path = self.run_dir / "server.properties"
+        path.write_text(text + ("\n# overrides\n" + extra if extra else ""))
+        return path
+
+    def _format(self, properties: Path) -> None:
+        meta = self.run_dir / "data" / "meta.properties"
+        if not meta.exists():
+            # The same 22-character form as Kafka's Uuid.randomUuid(), without a JVM round trip.
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            args = ("format", "-t", cluster_id, "-c", str(properties))
+            process = self._launch("kafka.tools.StorageTool", *args)
+            try:
+                code = process.wait(60)
+            except subprocess.TimeoutExpired:
+                code = None
+                process.kill()
+                process.wait()
+            if code != 0:
+                raise BrokerStartError(self._failure(f"StorageTool format failed (exit {code})"))
+        # Read back, not remembered: a reused run dir keeps the id it was formatted with.
+        for line in meta.read_text().splitlines():
+            if line.startswith("cluster.id="):
+                self.cluster_id = line.partition("=")[2].strip()
+
+    def _launch(self, main_class: str, *args: str) -> subprocess.Popen[bytes]:
+        assert self.libs_dir is not None
+        # The java launcher expands the `libs/*` classpath itself; no shell is involved.
+        classpath = ["-cp", str(self.libs_dir / "*"), main_class, *args]
+        logging_config = f"-Dlog4j2.configurationFile={_RESOURCES / 'log4j2.properties'}"
+        cmd = [_java(), *_JVM_OPTS, logging_config, *classpath]
+        with self.log_path.open("ab") as out:
+            out.write(f"--- localkafka: {main_class} {' '.join(args)}\n".encode())
+            out.flush()
+            return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+
+    def _failure(self, what: str) -> str:
+        # A fatal error is followed by hundreds of shutdown lines, so quote the first ERROR of
+        # the latest launch (the text after our last marker line) above the tail.
+        lines = self.log_tail(5000).rpartition("--- localkafka:")[2].splitlines()
+        first = next((i for i, line in enumerate(lines) if "] ERROR " in line), None)
+        text = f"kafka at {self.bootstrap}: {what}; log {self.log_path}"
+        if first is not None:
+            text += "\nfirst error:\n" + "\n".join(lines[first : first + 2])
+        return text + "\nlast lines:\n" + "\n".join(lines[-30:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a broker in the foreground until Ctrl-C or SIGTERM; return the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="streams kafka", description=f"Run a local Apache Kafka {KAFKA_VERSION} broker."
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="9092; 0 picks a free one")
+    parser.add_argument("--cache-dir", type=Path, help="jars ($STREAMS_CACHE_DIR or ./.cache)")
+    parser.add_argument("--run-dir", type=Path, help="keep config, data and log across runs")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # SIGTERM behaves like Ctrl-C, so a download, a start or the wait all end in the same cleanup;
+    # the default SIGTERM action would leave the JVM running. SIGINT is set too because a
+    # background job inherits it ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
+    broker = None
+    try:
+        started = time.monotonic()
+        libs = ensure_jars(args.cache_dir or default_cache_dir())
+        jars_s = time.monotonic() - started
+        broker = LocalKafka(libs, port=args.port or None, run_dir=args.run_dir)
+        broker.start()
+        print(
+            f"Kafka {KAFKA_VERSION} ready at {broker.bootstrap} "
+            f"(jars {jars_s:.1f} s, broker start {broker.started_in_s:.1f} s); "
+            f"log {broker.log_path}. Ctrl-C to stop.",
+            flush=True,
+        )
+        while broker.is_running:
+            time.sleep(0.5)
+        print(f"error: {broker._failure('the broker exited')}", file=sys.stderr)
+        return 1
+    except BrokerStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Stopping Kafka.", flush=True)
+        return 0
+    finally:
+        if broker is not None:
+            broker.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
