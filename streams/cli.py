@@ -197,6 +197,49 @@ def tail(as_json: bool, partial: bool, count: int | None, from_beginning: bool) 
     asyncio.run(follow())
 
 
+@main.command()
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "whisper", "scripted"]),
+    default="auto",
+    help="Recognition engine of the local ASR server (auto: whisper when installed).",
+)
+@click.option("--workers", default=1, show_default=True, help="Worker processes to start.")
+@click.option("--partial/--no-partial", default=True, help="Show partial text as it arrives.")
+def demo(engine: str, workers: int, partial: bool) -> None:
+    """Transcribe the bundled sample calls on a local stack: Kafka, ASR server, worker(s)."""
+    from streams.devstack import SAMPLES_DIR, DevStack, running, sample_events, transcribe_samples
+
+    if engine == "auto":
+        engine = "whisper" if _whisper_available() else "scripted"
+    if engine == "scripted":
+        click.secho(
+            "NOTE: the scripted engine answers made-up text in the DashScope protocol; "
+            "it recognises nothing. Install the local-asr extra for real transcripts.",
+            fg="yellow",
+        )
+    events = sample_events()
+    stack = DevStack(engine=engine, file_roots=(SAMPLES_DIR,), log=lambda line: click.echo(line))
+
+    def show(event: dict[str, object]) -> None:
+        if event.get("type") != "partial" or partial:
+            click.echo(_render(event))
+
+    with running(stack, workers):
+        click.echo(f"Publishing {len(events)} sample calls from {SAMPLES_DIR}")
+        terminal = asyncio.run(transcribe_samples(stack, events, show))
+    failed = [e for e in terminal if e.get("type") == "failed"]
+    click.echo(f"{len(terminal) - len(failed)} transcribed, {len(failed)} failed.")
+    if failed:
+        sys.exit(1)
+
+
+def _whisper_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("faster_whisper") is not None
+
+
 def _render(event: dict[str, object]) -> str:
     kind = event.get("type")
     rid = event.get("recording_id")

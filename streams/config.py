@@ -33,7 +33,9 @@ def _split_csv(value: object) -> object:
 class Settings(BaseSettings):
     """Everything the worker can be told; see the README's configuration table."""
 
-    model_config = SettingsConfigDict(env_prefix="STREAMS_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMS_", frozen=True, extra="ignore", populate_by_name=True
+    )
 
     # Kafka
     kafka_bootstrap_servers: str = Field(
