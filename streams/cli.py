@@ -28,6 +28,10 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        # One line per HTTP request and per partition move drowns the outcome lines.
+        for name in ("httpx", "aiokafka"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @main.command()

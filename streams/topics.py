@@ -79,21 +79,29 @@ async def ensure_topics(
 async def _describe(
     admin: AIOKafkaAdminClient, specs: list[TopicSpec], created: set[str], timeout_s: float
 ) -> list[TopicStatus]:
-    # Metadata of a new topic reaches the broker's cache a moment after CreateTopics returns.
+    # CreateTopics returns once the controller committed the topics; brokers' metadata
+    # caches catch up a moment later, and until every partition has a leader clients see
+    # NotLeaderForPartition or UnknownTopicOrPartition.
+    counts: dict[str, int] = {}
     async with asyncio.timeout(timeout_s):
         while True:
             try:
                 described = await admin.describe_topics([s.name for s in specs])
             except KafkaError:
                 described = []
-            counts = {
-                d["topic"]: len(d.get("partitions") or [])
-                for d in described
-                if d.get("error_code", 0) == 0
-            }
-            if all(s.name in counts for s in specs) or not created:
+            counts = {}
+            led = True
+            for topic in described:
+                if topic.get("error_code", 0) != 0:
+                    continue
+                partitions = topic.get("partitions") or []
+                counts[topic["topic"]] = len(partitions)
+                led = led and all(
+                    p.get("error_code", 0) == 0 and p.get("leader", -1) >= 0 for p in partitions
+                )
+            if not created or (led and all(s.name in counts for s in specs)):
                 break
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)
     statuses = [TopicStatus(s, counts.get(s.name, 0), s.name in created) for s in specs]
     for status in statuses:
         if status.partitions and not status.ok:
