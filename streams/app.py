@@ -12,7 +12,7 @@ from streams.config import Settings
 from streams.fetch import fetch_client
 from streams.pipeline import Pipeline, fetch_limits
 from streams.publish import Publisher, TopicNames
-from streams.transcribe import DashScopeBackend, OpenAIBackend, RecognitionBackend
+from streams.transcribe import DashScopeBackend, OpenAIBackend, RecognitionBackend, asr_client
 
 __all__ = ["FaustSender", "Runtime", "create_app"]
 
@@ -50,15 +50,12 @@ class Runtime:
         """The pipeline, built inside the running event loop the first time it is asked for."""
         if self._pipeline is None:
             s = self.settings
-            # A quiet SSE stream is not a dead one: the read timeout is the longest silence
-            # we accept, not the 5 s httpx default.
-            timeout = httpx.Timeout(
-                connect=s.asr_connect_timeout_s, read=s.asr_read_timeout_s, write=60.0, pool=None
+            self._http = asr_client(
+                s.asr_http_transport,
+                connect_timeout_s=s.asr_connect_timeout_s,
+                read_timeout_s=s.asr_read_timeout_s,
+                concurrency=s.asr_concurrency,
             )
-            limits = httpx.Limits(
-                max_connections=s.asr_concurrency + 8, max_keepalive_connections=s.asr_concurrency
-            )
-            self._http = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
             backend_cls: type[DashScopeBackend | OpenAIBackend] = (
                 DashScopeBackend if s.asr_backend == "dashscope" else OpenAIBackend
             )

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     api_key_file: Path | None = None
     """A file holding the API key (e.g. a mounted secret); used when the key is not set."""
     asr_model: str = "qwen3-asr-flash"
+    asr_http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
+    """aiohttp costs less CPU per streamed request (tests/benchmarks/bench_client.py)."""
     asr_connect_timeout_s: float = 10.0
     asr_read_timeout_s: float = 60.0
     """Longest silence allowed on an open stream, including before the first frame."""

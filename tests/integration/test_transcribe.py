@@ -26,6 +26,7 @@ from streams.transcribe import (
     OpenAIBackend,
     RecognitionOptions,
     Result,
+    asr_client,
 )
 from tests.audio import asset
 from tests.fixtures.asr_server import ScriptedServer
@@ -41,9 +42,12 @@ def data_uri() -> str:
     return encode_data_uri(pcm, SAMPLE_RATE)
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=2.0)) as client:
+@pytest.fixture(params=["httpx", "aiohttp"])
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    """The shared client the worker builds, over each transport it can use."""
+    async with asr_client(
+        request.param, connect_timeout_s=10.0, read_timeout_s=2.0, concurrency=8
+    ) as client:
         yield client
 
 
