@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx
 import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -43,7 +42,9 @@ from streams.asr_server.protocol import (
     parse_native_request,
 )
 from streams.decode import decode_sync
-from streams.errors import AudioTooLong, UndecodableAudio
+from streams.errors import AudioTooLarge, AudioTooLong, PipelineError, UndecodableAudio
+from streams.fetch import FetchLimits, fetch, fetch_client
+from streams.netguard import redact_url
 
 __all__ = [
     "COMPATIBLE_PATH",
@@ -83,29 +84,24 @@ class RequestOutcome:
     """Whether the final frame (or the whole JSON body) went out."""
 
 
-async def fetch_audio_url(url: str, *, max_bytes: int = 10 * MiB, timeout_s: float = 30.0) -> bytes:
-    """Download the audio an http(s) URL names, capped in size and total time.
+async def fetch_audio_url(url: str, limits: FetchLimits) -> bytes:
+    """Download the audio an http(s) URL names through the worker's SSRF guard and caps.
 
-    The one place remote audio is fetched: the SSRF guard belongs here. Redirects are not
-    followed until that guard can vet every hop.
+    Every hop of a redirect chain is checked, and the connection goes only to the address
+    that was checked (:mod:`streams.netguard`); private hosts need ``allow_private_hosts``.
     """
-    failed = ApiError(400, "InvalidParameter", "Failed to download multimodal content.")
     try:
-        async with (
-            asyncio.timeout(timeout_s),
-            httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client,
-            client.stream("GET", url) as response,
-        ):
-            if response.status_code != 200:
-                raise failed
-            data = bytearray()
-            async for chunk in response.aiter_bytes():
-                data += chunk
-                if len(data) > max_bytes:
-                    raise ApiError(400, "InvalidParameter", "Multimodal file size is too large")
-            return bytes(data)
-    except (httpx.HTTPError, TimeoutError) as exc:
-        raise failed from exc
+        async with fetch_client(limits) as client:
+            fetched = await fetch(url, limits, client)
+        with fetched:
+            return await asyncio.to_thread(fetched.path.read_bytes)
+    except AudioTooLarge as exc:
+        raise ApiError(400, "InvalidParameter", "Multimodal file size is too large") from exc
+    except PipelineError as exc:
+        # The cloud says no more than this; the reason (say, a refused host) is logged.
+        logger.info("audio URL %s not fetched: %s", redact_url(url), exc)
+        message = "Failed to download multimodal content."
+        raise ApiError(400, "InvalidParameter", message) from exc
 
 
 def _decode_pcm(data: bytes, max_audio_s: float) -> np.ndarray:
@@ -169,8 +165,10 @@ class _Server:
         max_audio_s: float,
         max_data_uri_bytes: int,
         on_finished: Callable[[RequestOutcome], None] | None,
+        fetch_limits: FetchLimits,
     ):
         self.engine = engine
+        self.fetch_limits = fetch_limits
         self.api_key = api_key
         self.max_audio_s = max_audio_s
         self.max_data_uri_bytes = max_data_uri_bytes
@@ -276,7 +274,7 @@ class _Server:
                 decode_data_uri, asr.audio, max_bytes=self.max_data_uri_bytes
             )
         elif asr.audio.split(":", 1)[0].lower() in ("http", "https"):
-            data = await fetch_audio_url(asr.audio, max_bytes=self.max_data_uri_bytes)
+            data = await fetch_audio_url(asr.audio, self.fetch_limits)
         else:  # file:// and oss:// need the SDK's upload service, which is not emulated
             raise ApiError(400, "InvalidParameter", BAD_URL)
         pcm = await asyncio.to_thread(_decode_pcm, data, self.max_audio_s)
@@ -392,9 +390,17 @@ def create_app(
     max_data_uri_bytes: int = 10 * MiB,
     extra_routes: Sequence[BaseRoute] = (),
     on_finished: Callable[[RequestOutcome], None] | None = None,
+    allow_private_hosts: Sequence[str] = (),
 ) -> Starlette:
-    """Build the server around ``engine``; ``api_key=None`` accepts any key."""
-    server = _Server(engine, api_key, max_audio_s, max_data_uri_bytes, on_finished)
+    """Build the server around ``engine``; ``api_key=None`` accepts any key.
+
+    ``allow_private_hosts`` lists host names and CIDR networks that audio URLs may reach
+    although they are not public (the SSRF guard refuses them otherwise).
+    """
+    limits = FetchLimits(
+        max_bytes=max_data_uri_bytes, timeout_s=30.0, allow_private_hosts=tuple(allow_private_hosts)
+    )
+    server = _Server(engine, api_key, max_audio_s, max_data_uri_bytes, on_finished, limits)
     routes: list[BaseRoute] = [
         Route(NATIVE_PATH, server.native, methods=["POST"]),
         Route(COMPATIBLE_PATH, server.compatible, methods=["POST"]),

