@@ -1,3 +1,3 @@
 from streams.cli import main
 
-main()
+main(prog_name="streams")

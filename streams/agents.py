@@ -11,6 +11,7 @@ from __future__ import annotations
 import faust
 
 from streams.app import Runtime
+from streams.logging_setup import bind
 
 __all__ = ["register_agents"]
 
@@ -26,4 +27,7 @@ def register_agents(app: faust.App, recordings: faust.types.TopicT, runtime: Run
             where = f"{message.topic}[{message.partition}]@{message.offset}"
             # process() returns only once the terminal event is acknowledged by the broker;
             # the offset is acked when the loop moves on, and committed after that.
-            await pipeline.process(event.value, where=where)
+            with runtime.metrics.recording(), bind(
+                topic=message.topic, partition=message.partition, offset=message.offset
+            ):
+                await pipeline.process(event.value, where=where)

@@ -10,8 +10,9 @@ import httpx
 
 from streams.config import Settings
 from streams.fetch import fetch_client
+from streams.metrics import MeteredBackend, MeteredPublisher, Metrics, add_metrics_page
 from streams.pipeline import Pipeline, fetch_limits
-from streams.publish import Publisher, TopicNames
+from streams.publish import TopicNames
 from streams.transcribe import DashScopeBackend, OpenAIBackend, RecognitionBackend, asr_client
 
 __all__ = ["FaustSender", "Runtime", "create_app"]
@@ -39,8 +40,11 @@ class FaustSender:
 class Runtime:
     """The worker's shared HTTP client and pipeline, created on first use, closed at shutdown."""
 
-    def __init__(self, settings: Settings, sender: FaustSender) -> None:
+    def __init__(
+        self, settings: Settings, sender: FaustSender, metrics: Metrics | None = None
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics if metrics is not None else Metrics()
         self._sender = sender
         self._http: httpx.AsyncClient | None = None
         self._fetch_http: httpx.AsyncClient | None = None
@@ -62,11 +66,14 @@ class Runtime:
             backend: RecognitionBackend = backend_cls(
                 self._http, s.resolved_asr_base_url, s.resolved_api_key
             )
+            backend = MeteredBackend(backend, self.metrics)
             topics = TopicNames(partial=s.topic_partial, final=s.topic_final, failed=s.topic_failed)
             # Audio downloads get their own guarded client: it never carries the API key and
             # connects only to the addresses the SSRF guard checked.
             self._fetch_http = fetch_client(fetch_limits(s))
-            self._pipeline = Pipeline(s, backend, Publisher(self._sender, topics), self._fetch_http)
+            self._pipeline = Pipeline(
+                s, backend, MeteredPublisher(self._sender, topics, self.metrics), self._fetch_http
+            )
             log.info(
                 "recognition via %s backend at %s, model %s",
                 backend.name,
@@ -115,7 +122,9 @@ def create_app(settings: Settings) -> faust.App:
         name: app.topic(name, key_type=bytes, value_type=bytes)
         for name in (settings.topic_partial, settings.topic_final, settings.topic_failed)
     }
-    runtime = Runtime(settings, FaustSender(outputs))
+    metrics = Metrics.for_worker()
+    add_metrics_page(app, metrics)
+    runtime = Runtime(settings, FaustSender(outputs), metrics)
     register_agents(app, recordings, runtime)
 
     @app.on_before_shutdown.connect

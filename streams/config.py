@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     """Create missing topics at worker start (off for clusters where topics are managed)."""
     web_port: int = 6066
     web_enabled: bool = True
+    """The worker's web server, which serves Prometheus metrics at ``/metrics``."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line, with the recording's fields."""
 
     # Recognition backend
     asr_backend: Literal["dashscope", "openai"] = "dashscope"

@@ -1,7 +1,9 @@
-"""The whole system on one machine: a Kafka broker, the local ASR server and a worker.
+"""The whole system on one machine: a Kafka broker, the local ASR server and workers.
 
-Each part runs as its own process, exactly as in production, and is stopped on the way out.
-``streams demo`` uses it to transcribe the bundled sample calls.
+Each part is its own ``streams`` command in its own process session, exactly as in
+production: Ctrl-C in the terminal reaches only the parent, which then stops the parts in
+order (workers first, so they commit; the broker last). ``streams dev`` runs it in the
+foreground and ``streams demo`` transcribes the bundled sample calls on it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,12 +28,13 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.config import Settings
-from streams.localkafka import LocalKafka
 from streams.topics import ensure_topics, topic_specs
 
-__all__ = ["SAMPLES_DIR", "DevStack", "sample_events", "transcribe_samples"]
+__all__ = ["SAMPLES_DIR", "DevStack", "running", "sample_events", "transcribe_samples"]
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+_KAFKA_READY = re.compile(rb"ready at (\S+:\d+)")
+_ASR_READY = re.compile(rb"listening on (http://\S+)")
 
 
 @dataclass
@@ -38,16 +42,26 @@ class _Child:
     name: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    read_to: int = 0
 
     def tail(self, lines: int = 30) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self) -> None:
+    def new_lines(self) -> list[str]:
+        """Lines written to the log since the last call."""
+        with self.log_path.open("rb") as log:
+            log.seek(self.read_to)
+            data = log.read()
+        end = data.rfind(b"\n") + 1
+        self.read_to += end
+        return data[:end].decode(errors="replace").splitlines()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
@@ -63,33 +77,48 @@ def _free_port() -> int:
 class DevStack:
     """Starts and stops the broker, the ASR server and the workers of a local run."""
 
-    def __init__(self, *, engine: str, file_roots: tuple[Path, ...], log: Callable[[str], None]):
+    def __init__(
+        self,
+        *,
+        engine: str,
+        file_roots: tuple[Path, ...],
+        log: Callable[[str], None],
+        kafka_port: int = 0,
+        asr_port: int = 0,
+        metrics: bool = True,
+    ) -> None:
         self.engine = engine
         self.file_roots = file_roots
         self.log = log
+        self.kafka_port = kafka_port
+        self.asr_port = asr_port
+        self.metrics = metrics
         self.run_dir = Path(tempfile.mkdtemp(prefix="streams-dev-"))
-        self.broker: LocalKafka | None = None
+        self.bootstrap = ""
         self.asr_url = ""
+        self.metrics_urls: list[str] = []
         self.children: list[_Child] = []
 
     def settings_env(self) -> dict[str, str]:
         """Environment of a worker in this stack."""
-        assert self.broker is not None
         return {
-            "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "STREAMS_ASR_BASE_URL": self.asr_url,
             "STREAMS_FILE_ROOTS": ",".join(str(p) for p in self.file_roots),
-            "STREAMS_WEB_ENABLED": "false",
+            "STREAMS_WEB_ENABLED": "true" if self.metrics else "false",
         }
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> _Child:
         log_path = self.run_dir / f"{name}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, *args],
+                [sys.executable, "-m", "streams", *args],
+                stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(env or {})},
+                # Own session: the terminal's Ctrl-C reaches only us, and we stop in order.
+                start_new_session=True,
             )
         child = _Child(name, proc, log_path)
         self.children.append(child)
@@ -98,31 +127,44 @@ class DevStack:
     def start(self, workers: int = 1) -> None:
         """Start the broker, the ASR server and ``workers`` workers; raise if one cannot start."""
         t = time.perf_counter()
-        self.broker = LocalKafka().start()
-        self.log(f"Kafka {self.broker.bootstrap} ready in {time.perf_counter() - t:.1f} s")
+        kafka = self._spawn("kafka", ["kafka", "--port", str(self.kafka_port)])
+        # The first run downloads the Kafka jars from Maven Central (about 10 s).
+        self.bootstrap = self._wait_line(kafka, _KAFKA_READY, timeout_s=300)
+        self.log(f"Kafka at {self.bootstrap} ({time.perf_counter() - t:.1f} s)")
 
-        port = _free_port()
-        self.asr_url = f"http://127.0.0.1:{port}"
+        t = time.perf_counter()
         server = self._spawn(
             "asr-server",
-            [
-                "-m",
-                "streams.asr_server.main",
-                "--engine",
-                self.engine,
-                "--port",
-                str(port),
-                "--no-auth",
-            ],
+            ["asr-server", "--engine", self.engine, "--port", str(self.asr_port), "--no-auth"],
         )
-        self._wait_http(server, f"{self.asr_url}/health", timeout_s=120)
-        self.log(f"ASR server ({self.engine} engine) at {self.asr_url}")
+        # The whisper engine loads its model before it listens.
+        self.asr_url = self._wait_line(server, _ASR_READY, timeout_s=300)
+        self._wait_http(server, f"{self.asr_url}/health", timeout_s=30)
+        self.log(
+            f"ASR server ({self.engine} engine) at {self.asr_url} ({time.perf_counter() - t:.1f} s)"
+        )
 
-        settings = Settings(kafka_bootstrap_servers=self.broker.bootstrap)
-        asyncio.run(ensure_topics(self.broker.bootstrap, topic_specs(settings)))
+        settings = Settings(kafka_bootstrap_servers=self.bootstrap)
+        asyncio.run(ensure_topics(self.bootstrap, topic_specs(settings)))
         for i in range(workers):
-            self._spawn(f"worker-{i}", ["-m", "streams", "worker"], self.settings_env())
+            env = self.settings_env()
+            if self.metrics:
+                port = _free_port()
+                env["STREAMS_WEB_PORT"] = str(port)
+                self.metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
+            self._spawn(f"worker-{i}", ["worker"], env)
         self.log(f"{workers} worker(s) started; logs in {self.run_dir}")
+
+    def _wait_line(self, child: _Child, pattern: re.Pattern[bytes], timeout_s: float) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = pattern.search(child.log_path.read_bytes())
+            if found:
+                return found.group(1).decode()
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"{child.name} exited:\n{child.tail()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"{child.name} not ready after {timeout_s} s:\n{child.tail()}")
 
     def _wait_http(self, child: _Child, url: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -145,18 +187,17 @@ class DevStack:
         """Stop workers first (they commit), then the server, then the broker."""
         for child in reversed(self.children):
             child.stop()
-        if self.broker is not None:
-            self.broker.close()
 
 
-def sample_events(samples_dir: Path = SAMPLES_DIR) -> list[dict[str, Any]]:
-    """The recording events of the bundled sample calls."""
+def sample_events(samples_dir: Path = SAMPLES_DIR, *, suffix: str = "") -> list[dict[str, Any]]:
+    """The recording events of the bundled sample calls (ids end in ``suffix``)."""
     events = []
     for line in (samples_dir / "calls.jsonl").read_text().splitlines():
         if not line.strip():
             continue
         spec = orjson.loads(line)
         path = samples_dir / spec.pop("file")
+        spec["recording_id"] += suffix
         events.append({"schema_version": 1, "audio_url": path.as_uri(), **spec})
     return events
 
@@ -169,17 +210,16 @@ async def transcribe_samples(
     timeout_s: float = 600.0,
 ) -> list[dict[str, Any]]:
     """Publish ``events`` and pass every output event to ``on_event`` until all are terminal."""
-    assert stack.broker is not None
-    settings = Settings(kafka_bootstrap_servers=stack.broker.bootstrap)
+    settings = Settings(kafka_bootstrap_servers=stack.bootstrap)
     consumer = AIOKafkaConsumer(
         settings.topic_partial,
         settings.topic_final,
         settings.topic_failed,
-        bootstrap_servers=stack.broker.bootstrap,
+        bootstrap_servers=stack.bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=stack.broker.bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
     await consumer.start()
     await producer.start()
     pending = {event["recording_id"] for event in events}

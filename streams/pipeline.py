@@ -171,6 +171,13 @@ class Pipeline:
             event["audio_seconds"],
             progress.attempts,
             event["timings"]["total_s"],
+            extra={
+                "recording_id": event["recording_id"],
+                "outcome": "final",
+                "audio_s": event["audio_seconds"],
+                "requests": progress.attempts,
+                "timings": event["timings"],
+            },
         )
         return event
 
@@ -198,6 +205,14 @@ class Pipeline:
             error.code,
             error.message,
             error.stage,
+            extra={
+                "recording_id": recording_id,
+                "outcome": "failed",
+                "code": error.code,
+                "stage": error.stage,
+                "requests": progress.attempts,
+                "timings": {"total_s": round(time.perf_counter() - progress.started, 4)},
+            },
         )
         return event
 
