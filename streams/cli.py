@@ -604,3 +604,18 @@ def _run(work: Awaitable[Any], label: str) -> Any:
 
     with Console(stderr=True).status(label):
         return asyncio.run(run())
+
+
+@main.command()
+@click.argument("url")
+@click.option("--timeout", "timeout_s", default=3.0, show_default=True, help="Seconds to wait.")
+def probe(url: str, timeout_s: float) -> None:
+    """Exit 0 if URL answers 200 (for container health checks)."""
+    import httpx
+
+    try:
+        status = httpx.get(url, timeout=timeout_s).status_code
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"{url}: {exc!r}") from None
+    if status != 200:
+        raise click.ClickException(f"{url} answered {status}")
