@@ -49,7 +49,15 @@ def _settings() -> Settings:
     cls=_Ordered,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level (--log-level DEBUG).")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    envvar="STREAMS_LOG_LEVEL",
+    default="INFO",
+    show_default=True,
+    help="Lowest level logged [env: STREAMS_LOG_LEVEL].",
+)
 @click.option(
     "--log-format",
     type=click.Choice(LOG_FORMATS),
@@ -59,7 +67,7 @@ def _settings() -> Settings:
     help="text for people, json for one JSON object per line [env: STREAMS_LOG_FORMAT].",
 )
 @click.pass_context
-def main(ctx: click.Context, verbose: bool, log_format: str) -> None:
+def main(ctx: click.Context, verbose: bool, log_level: str, log_format: str) -> None:
     """Call recordings in, transcripts out, over Kafka.
 
     \b
@@ -73,7 +81,7 @@ def main(ctx: click.Context, verbose: bool, log_format: str) -> None:
     Settings come from the environment: KAFKA_BOOTSTRAP_SERVERS, DASHSCOPE_API_KEY,
     STREAMS_* (see the README's configuration table).
     """
-    level = "DEBUG" if verbose else "INFO"
+    level = "DEBUG" if verbose else log_level.upper()
     ctx.obj = {"level": level, "log_format": log_format}
     configure(log_format, level)  # type: ignore[arg-type]  # click.Choice checked the value
 

@@ -74,7 +74,7 @@ def render_final(event: dict[str, Any]) -> RenderableType:
     turns.add_column(style="dim", no_wrap=True)
     turns.add_column(no_wrap=True)
     turns.add_column(ratio=1)
-    for segment in segments:
+    for segment in sorted(segments, key=lambda s: (s.get("start_s") or 0, s.get("channel") or 0)):
         role = segment.get("role")
         turns.add_row(
             _clock(segment.get("start_s") or 0.0),
