@@ -98,6 +98,18 @@ class Settings(BaseSettings):
     max_audio_s: float = 4 * 3600.0
     fetch_timeout_s: float = 300.0
 
+    # Planning requests: per-request limits of the API and what counts as silence
+    max_request_s: float = Field(default=300.0, gt=1)
+    """Longest audio in one recognition request (qwen3-asr-flash docs: 5 minutes)."""
+    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024)
+    """Largest base64 ``data:`` URI in one request (docs: 10 MB); bounds chunks as raw PCM."""
+    silence_threshold_s: float = Field(default=1.0, ge=0.1)
+    """Silences at least this long are not sent and end a request; shorter pauses are sent."""
+    speech_pad_s: float = Field(default=0.2, ge=0)
+    """Audio kept before and after each stretch of speech."""
+    vad_aggressiveness: int = Field(default=1, ge=0, le=3)
+    """WebRTC VAD mode: 0 sends the most, 3 the least (docs/audio.md measures each)."""
+
     @model_validator(mode="before")
     @classmethod
     def _lists_from_csv(cls, data: object) -> object:

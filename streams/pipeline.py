@@ -1,4 +1,4 @@
-"""One recording from event to terminal event: validate, fetch, decode, transcribe, publish.
+"""One recording from event to terminal event: validate, fetch, decode, plan, transcribe, publish.
 
 :meth:`Pipeline.process` never raises for a bad recording: every outcome is exactly one
 terminal event (final or failed), published and acknowledged by the broker before it returns,
@@ -12,18 +12,21 @@ import asyncio
 import collections
 import contextlib
 import logging
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import orjson
 import stamina
 
 import schemas
+from streams.chunking import Chunk, ChunkPolicy, max_chunk_seconds, plan_chunks
 from streams.config import Settings
-from streams.decode import SAMPLE_RATE, decode
+from streams.decode import SAMPLE_RATE, Layout, SpooledAudio, decode_to_files
 from streams.encode import encode_data_uri
 from streams.errors import DeadlineExceeded, PipelineError, RecognitionStreamCut, TransientError
 from streams.events import (
@@ -37,45 +40,11 @@ from streams.events import (
 from streams.fetch import FetchLimits, fetch
 from streams.publish import Publisher
 from streams.transcribe import RecognitionBackend, RecognitionOptions, Result
+from streams.vad import SpeechDetector
 
-__all__ = ["Chunk", "Pipeline", "fetch_limits", "plan_chunks"]
+__all__ = ["Pipeline", "chunk_policy", "fetch_limits"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A stretch of one channel that goes to the recogniser in one request."""
-
-    channel: int
-    role: str | None
-    index: int
-    start_s: float
-    pcm: np.ndarray
-
-    @property
-    def duration_s(self) -> float:
-        """Length of the chunk in seconds."""
-        return len(self.pcm) / SAMPLE_RATE
-
-
-def plan_chunks(
-    channels: tuple[np.ndarray, ...], roles: tuple[str | None, ...], max_request_s: float
-) -> list[Chunk]:
-    """Cut each channel into requests no longer than ``max_request_s``.
-
-    Cuts fall on fixed boundaries for now; silence-aware cutting is a separate stage to come.
-    """
-    step = int(max_request_s * SAMPLE_RATE)
-    chunks = []
-    for channel, pcm in enumerate(channels):
-        for index, start in enumerate(range(0, len(pcm), step)):
-            chunks.append(
-                Chunk(
-                    channel, roles[channel], index, start / SAMPLE_RATE, pcm[start : start + step]
-                )
-            )
-    return chunks
 
 
 @dataclass
@@ -99,6 +68,47 @@ def fetch_limits(settings: Settings) -> FetchLimits:
     )
 
 
+def chunk_policy(settings: Settings) -> ChunkPolicy:
+    """The planning stage's policy from the settings."""
+    return ChunkPolicy(
+        silence_s=settings.silence_threshold_s,
+        pad_s=settings.speech_pad_s,
+        max_chunk_s=max_chunk_seconds(
+            settings.max_request_s, settings.max_request_bytes, SAMPLE_RATE
+        ),
+    )
+
+
+def _decode_and_plan(
+    path: Path,
+    directory: Path,
+    *,
+    layout: Layout,
+    roles_for: Callable[[int], tuple[str | None, ...]],
+    max_duration_s: float,
+    policy: ChunkPolicy,
+    vad_aggressiveness: int,
+) -> tuple[SpooledAudio, list[Chunk]]:
+    """Decode to per-channel files while the VAD listens, then plan the requests (blocking)."""
+    detectors: list[SpeechDetector] = []
+
+    def listen(block: Any) -> None:
+        if not detectors:
+            detectors.extend(SpeechDetector(vad_aggressiveness) for _ in block)
+        for detector, row in zip(detectors, block, strict=True):
+            detector.feed(row)
+
+    audio = decode_to_files(
+        path, directory, layout=layout, max_duration_s=max_duration_s, on_block=listen
+    )
+    maps = [detector.finish() for detector in detectors]
+    return audio, plan_chunks(maps, roles_for(len(maps)), policy, sample_rate=audio.sample_rate)
+
+
+def _chunk_uri(audio: SpooledAudio, chunk: Chunk) -> str:
+    return encode_data_uri(audio.read(chunk.channel, chunk.start, chunk.end), audio.sample_rate)
+
+
 def _retry_backoff(exc: Exception) -> bool | float:
     """Retry transient errors only, waiting what the server asked for when it said."""
     if isinstance(exc, TransientError):
@@ -118,7 +128,6 @@ class Pipeline:
         publisher: Publisher,
         fetch_http: httpx.AsyncClient,
         *,
-        max_request_s: float = 300.0,
         retry_wait_initial_s: float = 0.5,
         retry_wait_max_s: float = 10.0,
     ) -> None:
@@ -126,10 +135,13 @@ class Pipeline:
         self._backend = backend
         self._publisher = publisher
         self._fetch_http = fetch_http
-        self._max_request_s = max_request_s
+        self._policy = chunk_policy(settings)
         self._retry_wait = (retry_wait_initial_s, retry_wait_max_s)
         # Worker-wide bound on recognition requests in flight, across partitions.
         self._slots = asyncio.Semaphore(settings.asr_concurrency)
+        self._in_flight = 0
+        self.peak_in_flight = 0
+        """Most requests (each holding its encoded chunk) in flight at once since start."""
         self._defaults = RecognitionDefaults(
             model=settings.asr_model,
             language=settings.language,
@@ -219,21 +231,36 @@ class Pipeline:
     async def _transcribe(self, recording: Recording, progress: _Progress) -> dict[str, Any]:
         timings: dict[str, Any] = {}
         t = time.perf_counter()
-        with await fetch(recording.audio_url, self._limits, self._fetch_http) as fetched:
-            timings["fetch_s"] = time.perf_counter() - t
-            t = time.perf_counter()
-            layout = "mix" if recording.layout == "mix" else "split"
-            audio = await decode(
-                fetched.path, layout=layout, max_duration_s=self._settings.max_audio_s
-            )
-        timings["decode_s"] = time.perf_counter() - t
-        split = len(audio.channels) > 1
-        roles = tuple(
-            (recording.roles[i] if i < len(recording.roles) else f"channel{i}") if split else None
-            for i in range(len(audio.channels))
-        )
-        chunks = plan_chunks(audio.channels, roles, self._max_request_s)
+        # Decoded PCM waits on disk, one raw file per channel; only the chunks in flight are
+        # in memory, so a two-hour stereo call costs no more than a short one.
+        with contextlib.ExitStack() as cleanup:
+            spool = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="streams-")))
+            with await fetch(recording.audio_url, self._limits, self._fetch_http) as fetched:
+                timings["fetch_s"] = time.perf_counter() - t
+                t = time.perf_counter()
+                # Both caps are checked before the first request: the size by fetch, the
+                # duration by decode, which finishes before anything is sent.
+                audio, chunks = await asyncio.to_thread(
+                    _decode_and_plan,
+                    fetched.path,
+                    spool,
+                    layout="mix" if recording.layout == "mix" else "split",
+                    roles_for=lambda channels: _roles(recording, channels),
+                    max_duration_s=self._settings.max_audio_s,
+                    policy=self._policy,
+                    vad_aggressiveness=self._settings.vad_aggressiveness,
+                )
+            timings["decode_s"] = time.perf_counter() - t
+            return await self._transcribe_chunks(recording, audio, chunks, progress, timings)
 
+    async def _transcribe_chunks(
+        self,
+        recording: Recording,
+        audio: SpooledAudio,
+        chunks: list[Chunk],
+        progress: _Progress,
+        timings: dict[str, Any],
+    ) -> dict[str, Any]:
         t = time.perf_counter()
         options = RecognitionOptions(
             model=recording.model,
@@ -244,7 +271,7 @@ class Pipeline:
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
-                    group.create_task(self._recognize(recording, chunk, options, progress))
+                    group.create_task(self._recognize(recording, audio, chunk, options, progress))
                     for chunk in chunks
                 ]
         except* PipelineError as errors:
@@ -253,16 +280,27 @@ class Pipeline:
         timings["transcribe_s"] = time.perf_counter() - t
         timings["first_delta_s"] = progress.first_delta_s
         timings["total_s"] = time.perf_counter() - progress.started
+        log.info(
+            "recording %s: %d requests on %d channel(s), %.1f of %.1f s sent; "
+            "peak %d requests in flight in the worker (bound %d)",
+            recording.recording_id,
+            len(chunks),
+            len(audio.paths),
+            sum(chunk.duration_s for chunk in chunks),
+            audio.duration_s,
+            self.peak_in_flight,
+            self._settings.asr_concurrency,
+        )
         return self._final_event(recording, audio.duration_s, chunks, results, progress, timings)
 
     async def _recognize(
         self,
         recording: Recording,
+        audio: SpooledAudio,
         chunk: Chunk,
         options: RecognitionOptions,
         progress: _Progress,
     ) -> Result:
-        audio_uri = await asyncio.to_thread(encode_data_uri, chunk.pcm, SAMPLE_RATE)
         attempt = 0
         result: Result | None = None
         async for retry in stamina.retry_context(
@@ -276,7 +314,7 @@ class Pipeline:
                 attempt += 1
                 try:
                     result = await self._stream_once(
-                        recording, chunk, audio_uri, options, progress, attempt
+                        recording, audio, chunk, options, progress, attempt
                     )
                 except TransientError as exc:
                     progress.last_error = exc
@@ -295,35 +333,48 @@ class Pipeline:
     async def _stream_once(
         self,
         recording: Recording,
+        audio: SpooledAudio,
         chunk: Chunk,
-        audio_uri: str,
         options: RecognitionOptions,
         progress: _Progress,
         attempt: int,
     ) -> Result:
+        # The chunk is read and encoded only once it holds a slot, and dropped when the slot
+        # is given back: audio in memory is bounded by asr_concurrency, whatever the backlog.
         async with self._slots:
-            progress.attempts += 1
-            text = ""
-            async with contextlib.aclosing(self._backend.stream(audio_uri, options)) as stream:
-                async for item in stream:
-                    if isinstance(item, Result):
-                        return item
-                    if progress.first_delta_s is None:
-                        progress.first_delta_s = time.perf_counter() - progress.started
-                    text += item.text
-                    await self._publisher.partial(
-                        recording.recording_id,
-                        attempt=attempt,
-                        sequence=progress.sequence,
-                        channel=chunk.channel,
-                        role=chunk.role,
-                        chunk_index=chunk.index,
-                        chunk_start_s=chunk.start_s,
-                        delta=item.text,
-                        text=text,
-                    )
-                    progress.sequence += 1
+            with self._holding_slot():
+                audio_uri = await asyncio.to_thread(_chunk_uri, audio, chunk)
+                progress.attempts += 1
+                text = ""
+                async with contextlib.aclosing(self._backend.stream(audio_uri, options)) as stream:
+                    async for item in stream:
+                        if isinstance(item, Result):
+                            return item
+                        if progress.first_delta_s is None:
+                            progress.first_delta_s = time.perf_counter() - progress.started
+                        text += item.text
+                        await self._publisher.partial(
+                            recording.recording_id,
+                            attempt=attempt,
+                            sequence=progress.sequence,
+                            channel=chunk.channel,
+                            role=chunk.role,
+                            chunk_index=chunk.index,
+                            chunk_start_s=chunk.start_s,
+                            delta=item.text,
+                            text=text,
+                        )
+                        progress.sequence += 1
         raise RecognitionStreamCut("recognition stream ended without a result")
+
+    @contextlib.contextmanager
+    def _holding_slot(self) -> Any:
+        self._in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
 
     def _final_event(
         self,
@@ -344,7 +395,7 @@ class Pipeline:
                     "channel": chunk.channel,
                     "role": chunk.role,
                     "start_s": round(chunk.start_s, 3),
-                    "end_s": round(chunk.start_s + chunk.duration_s, 3),
+                    "end_s": round(chunk.end_s, 3),
                     "text": text,
                     "language": result.language,
                     "emotion": result.emotion,
@@ -352,8 +403,9 @@ class Pipeline:
             )
         segments.sort(key=lambda s: (s["start_s"], s["channel"]))
         split = any(chunk.role is not None for chunk in chunks)
+        turns = _turns(segments) if split else []
         if split:
-            text = "\n".join(f"{s['role']}: {s['text']}" for s in segments)
+            text = "\n".join(f"{turn['role']}: {turn['text']}" for turn in turns)
         else:
             text = " ".join(s["text"] for s in segments)
         billed = sum(result.billed_seconds for result in results)
@@ -366,6 +418,7 @@ class Pipeline:
             "language": _most_common(s["language"] for s in segments),
             "emotion": _most_common(s["emotion"] for s in segments),
             "segments": segments,
+            "turns": turns,
             "audio_seconds": round(audio_seconds, 3),
             "sent_seconds": round(sum(chunk.duration_s for chunk in chunks), 3),
             "billed_seconds": billed,
@@ -378,6 +431,39 @@ class Pipeline:
             "call": recording.call,
             "completed_at": now_iso(),
         }
+
+
+def _roles(recording: Recording, channels: int) -> tuple[str | None, ...]:
+    """Each channel's role: ``split`` always tags, ``auto`` only when there are two or more."""
+    if recording.layout == "mix" or (recording.layout == "auto" and channels < 2):
+        return (None,) * channels
+    return tuple(
+        recording.roles[i] if i < len(recording.roles) else f"channel{i}" for i in range(channels)
+    )
+
+
+def _turns(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation: segments in order of start, consecutive ones of one role joined.
+
+    Times come from the requests (the recogniser returns text per request, not per word), so
+    a turn is as precise as the speech regions the VAD found around it.
+    """
+    turns: list[dict[str, Any]] = []
+    for segment in segments:
+        if turns and turns[-1]["role"] == segment["role"]:
+            turns[-1]["end_s"] = max(turns[-1]["end_s"], segment["end_s"])
+            turns[-1]["text"] += " " + segment["text"]
+            continue
+        turns.append(
+            {
+                "role": segment["role"],
+                "channel": segment["channel"],
+                "start_s": segment["start_s"],
+                "end_s": segment["end_s"],
+                "text": segment["text"],
+            }
+        )
+    return turns
 
 
 def _most_common(values: Any) -> Any:

@@ -1,0 +1,79 @@
+"""Voice activity detection of one channel, fed block by block while the audio decodes.
+
+WebRTC's VAD (the ``webrtcvad-wheels`` package: a 200 kB C extension, no dependencies) decides
+per 30 ms frame. It was chosen on measurement against Silero (ONNX and ggml builds), TEN VAD
+and a plain level gate (docs/audio.md): it lost the fewest words on clean, noisy and telephone
+speech, at about 0.4 s of CPU per hour of audio, where the neural detectors took 14 to 180 s.
+Its known weakness is music: hold music counts as speech and is sent, which costs money but
+loses no words (Silero rejected the music and lost a sixth of the words next to it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import webrtcvad
+
+from streams.chunking import SpeechMap
+
+__all__ = ["FRAME_SAMPLES", "SpeechDetector"]
+
+FRAME_SAMPLES = 480
+"""30 ms at 16 kHz: the longest frame WebRTC's VAD takes, and the cheapest per second."""
+_SAMPLE_RATE = 16_000
+_FULL_SCALE = 32768.0**2
+
+
+class SpeechDetector:
+    """Speech flags and levels of one 16 kHz mono channel, fed in blocks of any length.
+
+    Usage::
+
+        detector = SpeechDetector(aggressiveness=1)
+        for block in blocks:
+            detector.feed(block)
+        speech_map = detector.finish()
+    """
+
+    def __init__(self, aggressiveness: int = 1) -> None:
+        if aggressiveness not in range(4):
+            raise ValueError(f"aggressiveness must be 0 to 3, got {aggressiveness!r}")
+        self._vad = webrtcvad.Vad(aggressiveness)
+        self._rest = np.empty(0, dtype=np.int16)
+        self._flags = bytearray()
+        self._levels: list[np.ndarray] = []
+        self._samples = 0
+
+    def feed(self, pcm: np.ndarray) -> None:
+        """Classify the whole frames in ``pcm`` (int16), keeping a partial one for later."""
+        self._samples += len(pcm)
+        data = np.concatenate((self._rest, pcm)) if len(self._rest) else pcm
+        whole = len(data) // FRAME_SAMPLES * FRAME_SAMPLES
+        self._rest = data[whole:].copy()
+        if whole:
+            self._classify(np.ascontiguousarray(data[:whole], dtype=np.int16))
+
+    def finish(self) -> SpeechMap:
+        """Classify what is left (padded with silence) and return the channel's speech map."""
+        if len(self._rest):
+            last = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+            last[: len(self._rest)] = self._rest
+            self._rest = np.empty(0, dtype=np.int16)
+            self._classify(last)
+        levels = np.concatenate(self._levels) if self._levels else np.empty(0, np.float32)
+        return SpeechMap(
+            frame_samples=FRAME_SAMPLES,
+            speech=np.frombuffer(bytes(self._flags), dtype=np.bool_).copy(),
+            level_db=levels,
+            samples=self._samples,
+        )
+
+    def _classify(self, pcm: np.ndarray) -> None:
+        frames = pcm.reshape(-1, FRAME_SAMPLES)
+        power = np.mean(np.square(frames, dtype=np.float64), axis=1)
+        self._levels.append((10 * np.log10(power / _FULL_SCALE + 1e-10)).astype(np.float32))
+        raw = memoryview(pcm.tobytes())
+        step = 2 * FRAME_SAMPLES
+        is_speech = self._vad.is_speech
+        self._flags.extend(
+            is_speech(raw[i : i + step], _SAMPLE_RATE) for i in range(0, len(raw), step)
+        )
