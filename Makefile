@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: install demo test lint docker-check bench clean
+.PHONY: install demo test test-tools lint docker-check bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ demo: install
 	$(VENV)/bin/streams demo
 
 # Unit and integration tests; the session starts its own Kafka broker and ASR server.
-test: install
+test: install test-tools
 	$(PY) -m pytest
+
+# sox writes the GSM 6.10 WAV test files (PyAV's wheel decodes GSM but has no encoder).
+test-tools:
+	@command -v sox >/dev/null || (apt-get update -q && apt-get install -y -q sox libsox-fmt-all)
 
 lint: install
 	$(VENV)/bin/ruff check streams schemas tests

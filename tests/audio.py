@@ -1,13 +1,79 @@
-"""Audio for tests: the real recordings in ../shared/audio, and PyAV transcodes of them."""
+"""Audio for tests: the real recordings in ../shared/audio, and transcodes of them in any format.
+
+:data:`FORMATS` holds one recipe per format the Qwen3-ASR page lists, plus the telephone WAV
+forms. Every recipe is encoded in-process with PyAV except GSM 6.10 WAV, for which PyAV's
+wheel has a decoder but no encoder: :func:`make_format` asks ``sox`` for that one. Video
+containers get a small video stream in front of the audio, as a screen recording would have.
+"""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 import orjson
 
 AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+
+__all__ = [
+    "AUDIO_DIR",
+    "FORMATS",
+    "Format",
+    "asset",
+    "make_format",
+    "manifest",
+    "transcode",
+    "video_only",
+    "write_wav",
+]
+
+
+@dataclass(frozen=True)
+class Format:
+    """How to make one file format from a recording."""
+
+    ext: str
+    codec: str
+    container: str | None = None
+    rate: int | None = None
+    layout: str | None = None
+    video: str | None = None
+    """Video codec of a video stream to add (video containers)."""
+    bit_rate: int | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+
+FORMATS: dict[str, Format] = {
+    "aac": Format("aac", "aac", "adts"),
+    "amr": Format("amr", "amr_nb", "amr", rate=8000, layout="mono"),
+    "avi": Format("avi", "libmp3lame", "avi", video="mpeg4"),
+    "aiff": Format("aiff", "pcm_s16be", "aiff"),
+    "flac": Format("flac", "flac", "flac"),
+    "flv": Format("flv", "aac", "flv", rate=44100, video="flv"),
+    "m4a": Format("m4a", "aac", "ipod"),
+    "mkv": Format("mkv", "flac", "matroska", video="mpeg4"),
+    "mp3": Format("mp3", "libmp3lame", "mp3"),
+    "mp4": Format("mp4", "aac", "mp4", video="mpeg4"),
+    "mpeg": Format("mpeg", "mp2", "mpeg", rate=48000, video="mpeg1video"),
+    # FFmpeg's own Vorbis encoder (the wheel has no libvorbis) is experimental and stereo only.
+    "ogg": Format(
+        "ogg", "vorbis", "ogg", rate=44100, layout="stereo", options={"strict": "experimental"}
+    ),
+    "opus": Format("opus", "libopus", "ogg", rate=48000),
+    "wav": Format("wav", "pcm_s16le", "wav"),
+    "webm": Format("webm", "libopus", "webm", rate=48000, video="libvpx"),
+    # WMA encoders refuse to start without a bit rate.
+    "wma": Format("wma", "wmav2", "asf", bit_rate=64000),
+    "wmv": Format("wmv", "wmav2", "asf", bit_rate=64000, video="wmv2"),
+    "ulaw-8k-stereo": Format("wav", "pcm_mulaw", "wav", rate=8000, layout="stereo"),
+    "alaw-8k": Format("wav", "pcm_alaw", "wav", rate=8000, layout="mono"),
+    "gsm-8k": Format("wav", "gsm_ms", "wav", rate=8000, layout="mono"),
+}
 
 
 def manifest() -> dict[str, dict[str, object]]:
@@ -23,6 +89,25 @@ def asset(name: str) -> Path:
     return path
 
 
+def make_format(source: Path, directory: Path, name: str) -> Path:
+    """``source`` in the format :data:`FORMATS` names ``name``, written into ``directory``."""
+    fmt = FORMATS[name]
+    target = directory / f"{source.stem}.{name}.{fmt.ext}"
+    if fmt.codec == "gsm_ms":
+        return _sox_gsm(source, target)
+    return transcode(
+        source,
+        target,
+        codec=fmt.codec,
+        container=fmt.container,
+        rate=fmt.rate,
+        layout=fmt.layout,
+        video=fmt.video,
+        bit_rate=fmt.bit_rate,
+        options=fmt.options,
+    )
+
+
 def transcode(
     source: Path,
     target: Path,
@@ -31,24 +116,111 @@ def transcode(
     container: str | None = None,
     rate: int | None = None,
     layout: str | None = None,
+    video: str | None = None,
+    bit_rate: int | None = None,
+    options: dict[str, str] | None = None,
 ) -> Path:
     """Re-encode ``source``'s first audio stream with ``codec`` (PyAV converts the samples)."""
     with av.open(str(source)) as inp, av.open(str(target), "w", format=container) as out:
         in_stream = inp.streams.audio[0]
+        duration = float(in_stream.duration * in_stream.time_base) if in_stream.duration else 10.0
+        video_stream = _add_video(out, video) if video else None
         out_stream = out.add_stream(
             codec,
             rate=rate or in_stream.codec_context.sample_rate,
             # WAV often declares only a channel count ("1 channels"), which encoders refuse.
             layout=layout or ("mono" if in_stream.codec_context.channels == 1 else "stereo"),
+            options=options or {},
         )
+        if bit_rate:
+            out_stream.bit_rate = bit_rate
         formats = [f.name for f in out_stream.codec_context.codec.audio_formats or ()]
         if formats:
             # Encoders take only some sample formats; PyAV converts frames to the one we pick.
             out_stream.format = "s16" if "s16" in formats else formats[0]
+        if video_stream is not None:
+            _write_video(out, video_stream, duration)
+        # Encoders with a fixed frame size (wmav2, mp2, opus) get frames of that size.
+        fifo = av.AudioFifo()
+        resampler = av.AudioResampler(
+            format=out_stream.format.name, layout=out_stream.layout.name, rate=out_stream.rate
+        )
+        frame_size = out_stream.codec_context.frame_size or 1024
         for frame in inp.decode(in_stream):
             frame.pts = None
-            for packet in out_stream.encode(frame):
+            for converted in resampler.resample(frame):
+                fifo.write(converted)
+            while fifo.samples >= frame_size:
+                for packet in out_stream.encode(fifo.read(frame_size)):
+                    out.mux(packet)
+        for converted in resampler.resample(None):
+            fifo.write(converted)
+        rest = fifo.read()
+        if rest is not None:
+            for packet in out_stream.encode(rest):
                 out.mux(packet)
         for packet in out_stream.encode(None):
             out.mux(packet)
+    return target
+
+
+def video_only(target: Path, *, seconds: float = 2.0) -> Path:
+    """An mp4 with a video stream and no audio stream."""
+    with av.open(str(target), "w") as out:
+        _write_video(out, _add_video(out, "mpeg4"), seconds)
+    return target
+
+
+def write_wav(
+    target: Path, pcm: np.ndarray, *, rate: int = 16_000, codec: str = "pcm_s16le"
+) -> Path:
+    """Write int16 samples shaped ``(samples,)`` or ``(channels, samples)`` as a WAV file."""
+    planar = pcm.reshape(1, -1) if pcm.ndim == 1 else pcm
+    layout = "mono" if planar.shape[0] == 1 else "stereo"
+    with av.open(str(target), "w", format="wav") as out:
+        stream = out.add_stream(codec, rate=rate, layout=layout)
+        step = rate * 10
+        for start in range(0, planar.shape[1], step):
+            piece = np.ascontiguousarray(planar[:, start : start + step].T).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(piece, format="s16", layout=layout)
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return target
+
+
+def _add_video(out: av.container.OutputContainer, codec: str) -> av.video.stream.VideoStream:
+    stream = out.add_stream(codec, rate=Fraction(10 if codec != "mpeg1video" else 25))
+    stream.width = stream.height = 64
+    stream.pix_fmt = "yuv420p"
+    return stream
+
+
+def _write_video(
+    out: av.container.OutputContainer, stream: av.video.stream.VideoStream, seconds: float
+) -> None:
+    fps = float(stream.codec_context.framerate or stream.average_rate or 10)
+    for index in range(int(seconds * fps) + 1):
+        image = np.full((64, 64, 3), (index * 8) % 256, dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = index
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+
+
+def _sox_gsm(source: Path, target: Path) -> Path:
+    sox = shutil.which("sox")
+    assert sox, "GSM 6.10 WAV needs sox (apt-get install sox libsox-fmt-all; .ci/run installs it)"
+    pcm = target.with_suffix(".pcm8k.wav")
+    transcode(source, pcm, codec="pcm_s16le", container="wav", rate=8000, layout="mono")
+    subprocess.run(
+        [sox, str(pcm), "-r", "8000", "-c", "1", "-e", "gsm-full-rate", str(target)],
+        check=True,
+        capture_output=True,
+    )
+    pcm.unlink()
     return target

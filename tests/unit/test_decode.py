@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streams.decode import SAMPLE_RATE, decode, decode_sync
+from streams.decode import SAMPLE_RATE, decode, decode_sync, decode_to_files
 from streams.encode import encode_data_uri, encode_flac
 from streams.errors import AudioTooLong, UndecodableAudio
-from tests.audio import asset, manifest, transcode
+from tests.audio import FORMATS, asset, make_format, manifest, video_only
 
 
 @pytest.mark.parametrize("name", sorted(manifest()), ids=lambda n: n.split("_")[0] + "-" + n[-4:])
@@ -42,32 +42,49 @@ def test_resampling_keeps_the_signal(tmp_path: Path) -> None:
     assert rms > 300
 
 
-@pytest.mark.parametrize(
-    ("codec", "ext", "container", "rate", "layout"),
-    [
-        pytest.param("libmp3lame", "mp3", None, None, None, id="mp3"),
-        pytest.param("aac", "m4a", "ipod", None, None, id="m4a"),
-        pytest.param("libopus", "opus", "ogg", 48000, None, id="opus"),
-        pytest.param("pcm_mulaw", "wav", None, 8000, "stereo", id="mulaw-stereo-8k"),
-        pytest.param("pcm_alaw", "wav", None, 8000, None, id="alaw-8k"),
-        pytest.param("amr_nb", "amr", None, 8000, None, id="amr"),
-    ],
-)
-def test_compressed_forms_decode_to_about_the_same_length(
-    tmp_path: Path,
-    codec: str,
-    ext: str,
-    container: str | None,
-    rate: int | None,
-    layout: str | None,
-) -> None:
-    """Transcodes of a real recording decode to its length within codec padding."""
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_every_format_decodes_to_the_same_speech(tmp_path: Path, name: str) -> None:
+    """Each listed format of a real recording decodes to 16 kHz mono of its length and level."""
     source = asset("en_speechbrain_harvard_birch_canoe.wav")
-    target = transcode(
-        source, tmp_path / f"x.{ext}", codec=codec, container=container, rate=rate, layout=layout
+    reference = decode_sync(source).channels[0].astype(np.float64)
+    audio = decode_sync(make_format(source, tmp_path, name))
+    assert audio.sample_rate == SAMPLE_RATE
+    assert len(audio.channels) == 1
+    # Codec padding and priming shift the ends by a few codec frames at most.
+    assert audio.duration_s == pytest.approx(len(reference) / SAMPLE_RATE, abs=0.1)
+    rms = float(np.sqrt(np.mean(audio.channels[0].astype(np.float64) ** 2)))
+    assert rms == pytest.approx(float(np.sqrt(np.mean(reference**2))), rel=0.3)
+
+
+def test_a_video_without_audio_fails_with_its_own_code(tmp_path: Path) -> None:
+    """A video file with no audio stream is ``no_audio_stream``, not undecodable."""
+    with pytest.raises(UndecodableAudio) as caught:
+        decode_sync(video_only(tmp_path / "screen.mp4"))
+    assert caught.value.code == "no_audio_stream"
+
+
+def test_video_containers_give_their_first_audio_stream(tmp_path: Path) -> None:
+    """An mp4 with video in front of the audio decodes its audio."""
+    path = make_format(asset("de_picovoice_leopard_test_de.wav"), tmp_path, "mp4")
+    assert decode_sync(path).duration_s == pytest.approx(5.256, abs=0.1)
+
+
+@pytest.mark.parametrize("layout", ["mix", "split"])
+def test_spooled_decode_matches_the_in_memory_one(tmp_path: Path, layout: str) -> None:
+    """Per-channel files hold exactly the samples decode_sync returns, and every block is seen."""
+    path = make_format(
+        asset("en_fasterwhisper_stereo_diarization_LR.wav"), tmp_path, "ulaw-8k-stereo"
     )
-    audio = decode_sync(target)
-    assert audio.duration_s == pytest.approx(decode_sync(source).duration_s, abs=0.1)
+    seen: list[np.ndarray] = []
+    spooled = decode_to_files(path, tmp_path, layout=layout, on_block=seen.append)  # type: ignore[arg-type]
+    memory = decode_sync(path, layout=layout)  # type: ignore[arg-type]
+    assert len(spooled.paths) == len(memory.channels) == (2 if layout == "split" else 1)
+    assert spooled.samples == len(memory.channels[0])
+    for channel, pcm in enumerate(memory.channels):
+        assert np.array_equal(spooled.read(channel, 0, spooled.samples), pcm)
+        assert np.array_equal(spooled.read(channel, 1000, 2000), pcm[1000:2000])
+        assert np.array_equal(np.concatenate([b[channel] for b in seen]), pcm)
+    assert max(b.shape[1] for b in seen) <= 2 * SAMPLE_RATE
 
 
 @pytest.mark.parametrize(
