@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 
 from streams.asr_server.app import create_app
 from streams.asr_server.scripted import FaultRule, ScriptedConfig, ScriptedEngine, control_routes
-from streams.asr_server.whisper import WhisperConfig, WhisperEngine, whisper_routes
+from streams.asr_server.whisper import MODEL_NAMES, WhisperConfig, WhisperEngine, whisper_routes
 
 __all__ = ["ENGINES", "build_app", "main", "serve"]
 
@@ -210,6 +210,11 @@ def _whisper_arguments(group: argparse._ArgumentGroup) -> None:
 
 
 def _whisper_config(args: argparse.Namespace) -> WhisperConfig:
+    model = args.model
+    # Checked here so that a typo is a usage error, not a traceback after start-up.
+    missing = not (Path(model).expanduser() / "model.bin").is_file()
+    if args.engine == "whisper" and model not in MODEL_NAMES and missing:
+        raise ValueError(f"--model: expected {MODEL_NAMES} or a model directory, got {model!r}")
     return WhisperConfig(
         model=args.model,
         cache_dir=args.model_cache_dir,

@@ -151,7 +151,7 @@ class WhisperConfig:
     cpu_threads: int = 0
     """Threads per recognition; 0 divides the machine's cores among the workers."""
     beam_size: int = 1
-    """1 (greedy) is about 10 % faster than 5 at the same accuracy on our recordings."""
+    """1 (greedy) is 6-20 % faster than 5; 5 fixed one misheard zh term on our recordings."""
     workers: int = 1
     """Recognitions that run at once; more than one per two cores only slows each down."""
     queue: int = 4
@@ -244,11 +244,6 @@ class WhisperEngine:
         self.load_s = time.perf_counter() - started
         logger.info("loaded %s in %.2f s", self.model_dir, self.load_s)
 
-    @property
-    def languages(self) -> frozenset[str]:
-        """Whisper codes this model can be forced to."""
-        return self._languages
-
     def whisper_language(self, code: str | None) -> str | None:
         """Map an API language code to the Whisper code to force; raise InvalidInput if none."""
         if code is None:
@@ -274,13 +269,8 @@ class WhisperEngine:
             raise EngineBusy("Requests throttling triggered.", retry_after_s=self._retry_after())
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        job = _Job(
-            request.request_id,
-            request.duration_s,
-            language,
-            self._hotwords(request.context),
-            time.time(),
-        )
+        hotwords = self._hotwords(request.context)
+        job = _Job(request.request_id, request.duration_s, language, hotwords, time.time())
         self._journal.append(job)
         self._admitted += 1
         future = self._pool.submit(self._run, job, request.pcm, _emitter(loop, items))

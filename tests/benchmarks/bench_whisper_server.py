@@ -291,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
                         error_rate(reference, direct_runs[-1]["text"], language), 3
                     ),
                     "same_text": server_runs[-1]["text"] == direct_runs[-1]["text"],
+                    "direct_runs_s": [round(run["total_s"], 3) for run in direct_runs],
+                    "server_runs_s": [round(run["total_s"], 3) for run in server_runs],
                 }
             )
     total_direct = sum(row["direct_s"] for row in rows)

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import dashscope
@@ -34,6 +35,7 @@ import openai
 import pytest
 
 from streams.asr_server.app import NATIVE_PATH
+from streams.asr_server.whisper import tiny_en_dir
 from streams.decode import decode_sync
 from streams.encode import encode_data_uri
 from tests.audio import AUDIO_DIR, asset, manifest
@@ -474,3 +476,19 @@ def test_health_and_info_report_the_loaded_model(server: WhisperServer) -> None:
     assert (info["beam_size"], info["workers"], info["queue"]) == (1, WORKERS, QUEUE)
     assert {"zh", "en", "de", "fil", "no"} <= set(info["languages"])
     assert "yue" not in info["languages"]
+
+
+def test_a_model_directory_is_served_and_its_languages_enforced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--model DIR serves that model; English-only tiny.en refuses a forced de with a 400."""
+    model_dir = tiny_en_dir()
+    with run_whisper_server(tmp_path / "server.log", "--model", str(model_dir)) as tiny:
+        monkeypatch.setattr(dashscope, "base_http_api_url", f"{tiny.base_url}/api/v1")
+        info = tiny.get("/whisper/info")
+        assert (info["model_dir"], info["languages"]) == (str(model_dir.resolve()), ["en"])
+        response = _call(tiny, _uri(HARVARD), stream=False)
+        reference = str(manifest()[HARVARD]["reference"])
+        assert error_rate(reference, _text(response), "en") <= THRESHOLDS["en"]
+        refused = _call(tiny, _uri(HARVARD), stream=False, language="de")
+        assert (refused.status_code, refused.code) == (400, "InvalidParameter")
