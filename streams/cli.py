@@ -368,7 +368,12 @@ async def _send(settings: Settings, events: list[dict[str, Any]]) -> None:
         console=Console(stderr=True),
         transient=True,
         disable=len(events) < 2,
+        redirect_stdout=False,
     )
+    # Ids go to stdout for scripts; on a terminal through the bar's console, so it stays intact.
+    echo: Callable[[str], object] = click.echo
+    if sys.stdout.isatty():
+        echo = functools.partial(progress.console.print, markup=False, highlight=False)
     try:
         with progress:
             task = progress.add_task("publish", total=len(events))
@@ -378,7 +383,7 @@ async def _send(settings: Settings, events: list[dict[str, Any]]) -> None:
                     orjson.dumps(event),
                     key=event["recording_id"].encode(),
                 )
-                progress.console.out(f"{event['recording_id']}  {event['audio_url']}")
+                echo(f"{event['recording_id']}  {event['audio_url']}")
                 progress.advance(task)
     finally:
         await producer.stop()

@@ -1,0 +1,236 @@
+"""The `streams` command drives a real run: topics, publish, tail (JSON lines and terminal)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.audio import asset
+from tests.fixtures.asr_server import ScriptedServer, run_scripted_server
+from tests.fixtures.worker import Message, Stack, validate
+
+pytestmark = pytest.mark.integration
+
+STEREO_CALL = "en_fasterwhisper_stereo_diarization_LR.wav"
+CALLS = (STEREO_CALL, "en_speechbrain_harvard_birch_canoe.wav", "de_picovoice_leopard_test_de.wav")
+TAIL_ARGS = ("--count", "3", "--timeout", "120")
+
+
+def _streams(
+    env: dict[str, str], *args: str, timeout_s: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def _published_ids(stdout: str) -> list[str]:
+    return [line.split()[0] for line in stdout.splitlines() if line.strip()]
+
+
+def test_topics_creates_the_missing_topics_and_reports_them(
+    kafka_bootstrap: str, unique_name: Callable[[str], str]
+) -> None:
+    """`topics --check` fails on missing topics, `topics` creates them, then --check passes."""
+    prefix = unique_name("t")
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "STREAMS_TOPIC_RECORDINGS": f"{prefix}.recordings",
+        "STREAMS_TOPIC_PARTIAL": f"{prefix}.partial",
+        "STREAMS_TOPIC_FINAL": f"{prefix}.final",
+        "STREAMS_TOPIC_FAILED": f"{prefix}.failed",
+        "STREAMS_TOPIC_PARTITIONS": "3",
+    }
+    before = _streams(env, "topics", "--check")
+    assert before.returncode == 1
+    assert before.stdout.count("MISSING") == 4
+
+    created = _streams(env, "topics")
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.count("created") == 4
+
+    after = _streams(env, "topics", "--check")
+    assert after.returncode == 0, after.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in after.stdout.splitlines()[1:]}
+    for kind in ("recordings", "partial", "final", "failed"):
+        assert rows[f"{prefix}.{kind}"] == ["3", "ok"]
+
+
+async def test_publish_a_directory_and_tail_its_partial_and_final_events(
+    stack: Stack, scripted_server: ScriptedServer, tmp_path: Path
+) -> None:
+    """Publishing a directory gives each recording partial events and one final, in order."""
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    for name in CALLS:
+        shutil.copy(asset(name), calls / name)
+    (calls / "notes.txt").write_text("not a recording: publish skips it")
+    stack.start_worker()
+    # A subprocess the test waits on at the end; nothing here blocks the loop meanwhile.
+    tail = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "streams", "tail", "--json", "--from-beginning", *TAIL_ARGS],
+        env={**os.environ, **stack.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        published = _streams(
+            stack.env,
+            "publish",
+            str(calls),
+            "--layout",
+            "auto",
+            "--roles",
+            "agent,customer",
+            "--language",
+            "en",
+            "--context",
+            "Acme broadband",
+            "--call",
+            "queue=billing",
+        )
+        assert published.returncode == 0, published.stderr
+        ids = _published_ids(published.stdout)
+        assert len(ids) == 3
+        out, err = tail.communicate(timeout=150)
+    finally:
+        tail.kill()
+    assert tail.returncode == 0, err
+
+    events = [orjson.loads(line) for line in out.splitlines()]
+    by_type = collections.defaultdict(list)
+    for event in events:
+        kind = event["type"]
+        validate(Message(kind, None, event, 0, 0))
+        by_type[kind].append(event)
+    assert sorted(e["recording_id"] for e in by_type["final"]) == sorted(ids)
+    assert not by_type["failed"]
+    for final in by_type["final"]:
+        partials = [p for p in by_type["partial"] if p["recording_id"] == final["recording_id"]]
+        assert partials, f"no partial events for {final['recording_id']}"
+        assert final["call"] == {"queue": "billing"}
+    stereo = next(e for e in by_type["final"] if e["recording_id"].startswith("en_fasterwhisper"))
+    assert {s["role"] for s in stereo["segments"]} == {"agent", "customer"}
+    for entry in scripted_server.journal():
+        assert entry["language"] == "en"
+        assert "Acme broadband" in (entry["context"] or "")
+
+
+@pytest.fixture
+def slow_server(tmp_path: Path) -> Iterator[ScriptedServer]:
+    """A scripted server that speaks at a human pace, so partial text visibly grows."""
+    args = ("--first-delta-s", "0.5", "--delta-interval-s", "0.3", "--words-per-delta", "1")
+    with run_scripted_server(tmp_path / "slow-server.log", *args) as server:
+        yield server
+
+
+class _Tmux:
+    """One private tmux server (its own socket) running one command in a fixed-size pane."""
+
+    def __init__(self, tmp: Path, command: str, env: dict[str, str], size: tuple[int, int]):
+        self.socket = f"streams-test-{uuid.uuid4().hex[:8]}"
+        script = tmp / "run.sh"
+        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+        # COLUMNS/LINES inherited from the test process would override the pane's real size.
+        exports += f"export COLUMNS={size[0]} LINES={size[1]}\n"
+        script.write_text(f"{exports}exec {command}\n")
+        width, height = str(size[0]), str(size[1])
+        self._tmux("new-session", "-d", "-x", width, "-y", height, f"sh {script}")
+        # A detached session may still take tmux's default size; set it explicitly.
+        self._tmux("resize-window", "-x", width, "-y", height)
+
+    def _tmux(self, *args: str) -> str:
+        done = subprocess.run(
+            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, check=True
+        )
+        return done.stdout
+
+    def screen(self) -> str:
+        """What the pane shows now."""
+        return self._tmux("capture-pane", "-p")
+
+    def wait_for(self, found: Callable[[str], bool], timeout_s: float = 60.0) -> str:
+        """Poll the screen until ``found(screen)``; fail with the last screen."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if found(screen):
+                return screen
+            time.sleep(0.1)
+        pytest.fail(f"the terminal never showed what was expected; last screen:\n{screen}")
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, check=False)
+
+
+def _line(screen: str, *parts: str) -> str | None:
+    return next((line for line in screen.splitlines() if all(p in line for p in parts)), None)
+
+
+async def test_tail_in_a_terminal_shows_text_growing_then_the_conversation(
+    stack: Stack, slow_server: ScriptedServer, tmp_path: Path
+) -> None:
+    """In a terminal, a split call's text grows per channel, then prints as agent/customer turns."""
+    stack.start_worker(STREAMS_ASR_BASE_URL=slow_server.base_url)
+    env = {k: v for k, v in stack.env.items() if k.startswith(("KAFKA_", "STREAMS_"))}
+    # Wide enough for the whole text of a channel: the view would otherwise keep only the
+    # newest words in view, and the word count would stop growing.
+    tmux = _Tmux(tmp_path, f"{shlex.quote(sys.executable)} -m streams tail", env, (160, 30))
+    try:
+        tmux.wait_for(lambda s: "Following" in s and "0 done, 0 failed" in s)
+        published = _streams(
+            stack.env,
+            "publish",
+            str(asset(STEREO_CALL)),
+            "--layout",
+            "split",
+            "--roles",
+            "agent,customer",
+            "--language",
+            "en",
+            "--id-prefix",
+            "call-",
+        )
+        assert published.returncode == 0, published.stderr
+        (rid,) = _published_ids(published.stdout)
+
+        def agent_words(screen: str) -> int:
+            line = _line(screen, "⋯", rid, "agent")
+            return len(line.split("agent", 1)[1].split()) if line else 0
+
+        first = tmux.wait_for(lambda s: agent_words(s) >= 2)
+        later = tmux.wait_for(lambda s: agent_words(s) > agent_words(first) or "✓" in s)
+        assert agent_words(later) > agent_words(first), f"the text did not grow:\n{later}"
+        assert _line(later, "customer") is not None, "no line for the customer's channel"
+        print(f"\n--- in progress ---\n{later.rstrip()}\n---")
+        final = tmux.wait_for(lambda s: _line(s, "✓", rid) is not None, timeout_s=90)
+        print(f"\n--- streams tail, 160x30 terminal ---\n{final.rstrip()}\n---")
+    finally:
+        tmux.close()
+
+    outcome = _line(final, "✓", rid)
+    assert outcome is not None
+    for part in ("split", "en", "s audio", "$", "done in"):
+        assert part in outcome
+    turns = final[final.index(outcome) :].splitlines()[1:]
+    assert any(" agent " in line for line in turns)
+    assert any(" customer " in line for line in turns)
+    assert _line(final, "1 done, 0 failed, 0 in progress") is not None
+    assert _line(final, "⋯", rid) is None
