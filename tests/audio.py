@@ -18,15 +18,20 @@ import av
 import numpy as np
 import orjson
 
+from streams.decode import decode_sync
+
 AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 
 __all__ = [
     "AUDIO_DIR",
     "FORMATS",
     "Format",
+    "Utterance",
     "asset",
+    "english_clips",
     "make_format",
     "manifest",
+    "stereo_call",
     "transcode",
     "video_only",
     "write_wav",
@@ -74,6 +79,68 @@ FORMATS: dict[str, Format] = {
     "alaw-8k": Format("wav", "pcm_alaw", "wav", rate=8000, layout="mono"),
     "gsm-8k": Format("wav", "gsm_ms", "wav", rate=8000, layout="mono"),
 }
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One clip placed on a channel of a built call."""
+
+    channel: int
+    start_s: float
+    end_s: float
+    clip: str
+    reference: str
+
+
+def english_clips() -> dict[str, tuple[np.ndarray, str]]:
+    """The shared English speech as 16 kHz mono PCM and reference text, by a short name.
+
+    The two-speaker stereo file gives two clips, one per channel (two LibriSpeech speakers).
+    """
+    entries = manifest()
+    stereo = entries["en_fasterwhisper_stereo_diarization_LR.wav"]
+    left, right = decode_sync(asset(str(stereo["file"])), layout="split").channels
+    return {
+        "harvard": (
+            decode_sync(asset("en_speechbrain_harvard_birch_canoe.wav")).channels[0],
+            str(entries["en_speechbrain_harvard_birch_canoe.wav"]["reference"]),
+        ),
+        "librivox": (
+            decode_sync(asset("en_pocketsphinx_librivox_sense_sensibility_0870.wav")).channels[0],
+            str(entries["en_pocketsphinx_librivox_sense_sensibility_0870.wav"]["reference"]),
+        ),
+        "jfk": (
+            decode_sync(asset("en_whisper_jfk_stereo44k24bit.flac")).channels[0],
+            str(entries["en_whisper_jfk_stereo44k24bit.flac"]["reference"]),
+        ),
+        # Each channel of the diarization file holds its speech in the first seconds only.
+        "wizard": (left[: int(4.7 * 16_000)], str(stereo["reference_left"])),
+        "horizon": (right[: int(2.6 * 16_000)], str(stereo["reference_right"])),
+    }
+
+
+def stereo_call(
+    script: list[tuple[int, float, str]], *, tail_s: float = 1.0, noise_db: float = -60.0
+) -> tuple[np.ndarray, list[Utterance]]:
+    """A two-channel call at 16 kHz from ``(channel, start_s, clip name)`` lines.
+
+    Each channel carries low noise (a line is never digitally silent) and its clips at the given
+    times; clips may overlap across channels. Returns the int16 ``(2, samples)`` array and the
+    utterances placed.
+    """
+    clips = english_clips()
+    placed = [
+        Utterance(ch, start, start + len(clips[name][0]) / 16_000, name, clips[name][1])
+        for ch, start, name in script
+    ]
+    length = int((max(u.end_s for u in placed) + tail_s) * 16_000)
+    rng = np.random.default_rng(3)
+    call = rng.standard_normal((2, length)) * 32768 * 10 ** (noise_db / 20)
+    for u in placed:
+        pcm = clips[u.clip][0].astype(np.float64)
+        start = int(u.start_s * 16_000)
+        call[u.channel, start : start + len(pcm)] += pcm
+    return np.clip(call, -32768, 32767).astype(np.int16), placed
 
 
 def manifest() -> dict[str, dict[str, object]]:
