@@ -234,3 +234,39 @@ async def test_tail_in_a_terminal_shows_text_growing_then_the_conversation(
     assert any(" customer " in line for line in turns)
     assert _line(final, "1 done, 0 failed, 0 in progress") is not None
     assert _line(final, "⋯", rid) is None
+
+
+async def test_json_logs_give_one_line_per_outcome_and_never_the_key(
+    stack: Stack, scripted_server: ScriptedServer
+) -> None:
+    """With JSON logs each outcome is one object with id, topic, partition, offset, timings."""
+    assert scripted_server.api_key
+    worker = stack.start_worker(STREAMS_LOG_FORMAT="json", STREAMS_LOG_LEVEL="DEBUG")
+    ok_url, bad_url = asset(CALLS[1]).as_uri(), (stack.tmp / "nowhere.wav").as_uri()
+    await stack.publish(
+        [
+            {"schema_version": 1, "recording_id": "logged-ok", "audio_url": ok_url},
+            {"schema_version": 1, "recording_id": "logged-bad", "audio_url": bad_url},
+        ]
+    )
+    messages = await stack.collect(lambda ms: len(stack.terminal(ms)) == 2)
+    assert {m.value["type"] for m in stack.terminal(messages)} == {"final", "failed"}
+    worker.stop()
+
+    text = worker.log_path.read_text()
+    # Not in any line: not in the request headers logged at DEBUG, not in settings, nowhere.
+    assert scripted_server.api_key not in text
+    lines = [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON log lines:\n{worker.log_tail()}"
+    outcomes = {line["recording_id"]: line for line in lines if "outcome" in line}
+    ok, bad = outcomes["logged-ok"], outcomes["logged-bad"]
+    for line in (ok, bad):
+        assert line["topic"] == stack.recordings
+        assert isinstance(line["partition"], int)
+        assert isinstance(line["offset"], int)
+        assert line["timings"]["total_s"] > 0
+    assert ok["outcome"] == "final"
+    assert ok["level"] == "INFO"
+    assert set(ok["timings"]) >= {"fetch_s", "decode_s", "first_delta_s", "total_s"}
+    assert (bad["outcome"], bad["code"], bad["stage"]) == ("failed", "audio_not_found", "fetch")
+    assert bad["level"] == "WARNING"
