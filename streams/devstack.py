@@ -130,7 +130,8 @@ class DevStack:
         kafka = self._spawn("kafka", ["kafka", "--port", str(self.kafka_port)])
         # The first run downloads the Kafka jars from Maven Central (about 10 s).
         self.bootstrap = self._wait_line(kafka, _KAFKA_READY, timeout_s=300)
-        self.log(f"Kafka at {self.bootstrap} ({time.perf_counter() - t:.1f} s)")
+        took = time.perf_counter() - t
+        self.log(f"Kafka at {self.bootstrap} (pid {kafka.proc.pid}, {took:.1f} s)")
 
         t = time.perf_counter()
         server = self._spawn(
@@ -152,8 +153,9 @@ class DevStack:
                 port = _free_port()
                 env["STREAMS_WEB_PORT"] = str(port)
                 self.metrics_urls.append(f"http://127.0.0.1:{port}/metrics")
-            self._spawn(f"worker-{i}", ["worker"], env)
-        self.log(f"{workers} worker(s) started; logs in {self.run_dir}")
+            worker = self._spawn(f"worker-{i}", ["worker"], env)
+            self.log(f"worker-{i} started (pid {worker.proc.pid})")
+        self.log(f"Logs in {self.run_dir}")
 
     def _wait_line(self, child: _Child, pattern: re.Pattern[bytes], timeout_s: float) -> str:
         deadline = time.monotonic() + timeout_s

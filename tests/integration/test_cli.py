@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -163,8 +164,8 @@ class _Tmux:
         return done.stdout
 
     def screen(self) -> str:
-        """What the pane shows now."""
-        return self._tmux("capture-pane", "-p")
+        """What the pane shows now, after the lines that scrolled off it."""
+        return self._tmux("capture-pane", "-p", "-S", "-500")
 
     def wait_for(self, found: Callable[[str], bool], timeout_s: float = 60.0) -> str:
         """Poll the screen until ``found(screen)``; fail with the last screen."""
@@ -175,6 +176,10 @@ class _Tmux:
                 return screen
             time.sleep(0.1)
         pytest.fail(f"the terminal never showed what was expected; last screen:\n{screen}")
+
+    def send_keys(self, *keys: str) -> None:
+        """Type into the pane, e.g. ``C-c``."""
+        self._tmux("send-keys", *keys)
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, check=False)
@@ -270,3 +275,33 @@ async def test_json_logs_give_one_line_per_outcome_and_never_the_key(
     assert set(ok["timings"]) >= {"fetch_s", "decode_s", "first_delta_s", "total_s"}
     assert (bad["outcome"], bad["code"], bad["stage"]) == ("failed", "audio_not_found", "fetch")
     assert bad["level"] == "WARNING"
+
+
+def test_dev_runs_the_stack_in_the_foreground_and_ctrl_c_stops_it(tmp_path: Path) -> None:
+    """`streams dev` starts Kafka, the ASR server and a worker; Ctrl-C stops all of them."""
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    shutil.copy(asset(CALLS[1]), calls / CALLS[1])
+    command = (
+        f"{shlex.quote(sys.executable)} -m streams dev --engine scripted --kafka-port 0 "
+        f"--asr-port 0 --file-root {calls}"
+    )
+    tmux = _Tmux(tmp_path, command, {}, (160, 40))
+    try:
+        ready = tmux.wait_for(lambda s: "Ctrl-C to stop" in s, timeout_s=180)
+        bootstrap = re.search(r"KAFKA_BOOTSTRAP_SERVERS=(\S+)", ready)
+        assert bootstrap is not None, ready
+        env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap.group(1)}
+        published = _streams(env, "publish", str(calls))
+        assert published.returncode == 0, published.stderr
+        (rid,) = _published_ids(published.stdout)
+        # The worker's outcome line shows in the foreground stack's output.
+        tmux.wait_for(lambda s: f"recording {rid} final" in s, timeout_s=60)
+        pids = [int(p) for p in re.findall(r"pid (\d+)", tmux.screen())]
+        assert len(pids) == 3, "expected the pids of Kafka, the ASR server and the worker"
+        tmux.send_keys("C-c")
+        tmux.wait_for(lambda s: "Stopped." in s, timeout_s=90)
+    finally:
+        tmux.close()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists(), f"child {pid} still runs"
