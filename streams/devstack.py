@@ -141,8 +141,10 @@ class DevStack:
         # The whisper engine loads its model before it listens.
         self.asr_url = self._wait_line(server, _ASR_READY, timeout_s=300)
         self._wait_http(server, f"{self.asr_url}/health", timeout_s=30)
+        took = time.perf_counter() - t
         self.log(
-            f"ASR server ({self.engine} engine) at {self.asr_url} ({time.perf_counter() - t:.1f} s)"
+            f"ASR server ({self.engine} engine) at {self.asr_url} "
+            f"(pid {server.proc.pid}, {took:.1f} s)"
         )
 
         settings = Settings(kafka_bootstrap_servers=self.bootstrap)

@@ -298,7 +298,9 @@ def test_dev_runs_the_stack_in_the_foreground_and_ctrl_c_stops_it(tmp_path: Path
         # The worker's outcome line shows in the foreground stack's output.
         tmux.wait_for(lambda s: f"recording {rid} final" in s, timeout_s=60)
         pids = [int(p) for p in re.findall(r"pid (\d+)", tmux.screen())]
-        assert len(pids) == 3, "expected the pids of Kafka, the ASR server and the worker"
+        assert len(pids) == 3, (
+            f"expected the pids of Kafka, the ASR server and the worker:\n{tmux.screen()}"
+        )
         tmux.send_keys("C-c")
         tmux.wait_for(lambda s: "Stopped." in s, timeout_s=90)
     finally:
