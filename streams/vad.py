@@ -6,6 +6,9 @@ and a plain level gate (docs/audio.md): it lost the fewest words on clean, noisy
 speech, at about 0.4 s of CPU per hour of audio, where the neural detectors took 14 to 180 s.
 Its known weakness is music: hold music counts as speech and is sent, which costs money but
 loses no words (Silero rejected the music and lost a sixth of the words next to it).
+
+Frames quieter than :data:`SILENCE_FLOOR_DB` are silence whatever WebRTC says: it sometimes
+calls dither or an idle line speech, and a request for that would be billed for nothing.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ import webrtcvad
 
 from streams.chunking import SpeechMap
 
-__all__ = ["FRAME_SAMPLES", "SpeechDetector"]
+__all__ = ["FRAME_SAMPLES", "SILENCE_FLOOR_DB", "SpeechDetector"]
 
 FRAME_SAMPLES = 480
 """30 ms at 16 kHz: the longest frame WebRTC's VAD takes, and the cheapest per second."""
+SILENCE_FLOOR_DB = -70.0
+"""Frame RMS (dBFS) below which nothing is speech; measured to lose no word (docs/audio.md)."""
 _SAMPLE_RATE = 16_000
 _FULL_SCALE = 32768.0**2
 
@@ -70,10 +75,13 @@ class SpeechDetector:
     def _classify(self, pcm: np.ndarray) -> None:
         frames = pcm.reshape(-1, FRAME_SAMPLES)
         power = np.mean(np.square(frames, dtype=np.float64), axis=1)
-        self._levels.append((10 * np.log10(power / _FULL_SCALE + 1e-10)).astype(np.float32))
+        levels = (10 * np.log10(power / _FULL_SCALE + 1e-10)).astype(np.float32)
+        self._levels.append(levels)
         raw = memoryview(pcm.tobytes())
         step = 2 * FRAME_SAMPLES
         is_speech = self._vad.is_speech
+        audible = (levels > SILENCE_FLOOR_DB).tolist()
         self._flags.extend(
-            is_speech(raw[i : i + step], _SAMPLE_RATE) for i in range(0, len(raw), step)
+            loud and is_speech(raw[i * step : (i + 1) * step], _SAMPLE_RATE)
+            for i, loud in enumerate(audible)
         )

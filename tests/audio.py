@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = [
     "Format",
     "Utterance",
     "asset",
+    "conversation_script",
     "english_clips",
     "make_format",
     "manifest",
@@ -35,6 +37,7 @@ __all__ = [
     "transcode",
     "video_only",
     "write_wav",
+    "write_wav_blocks",
 ]
 
 
@@ -141,6 +144,67 @@ def stereo_call(
         start = int(u.start_s * 16_000)
         call[u.channel, start : start + len(pcm)] += pcm
     return np.clip(call, -32768, 32767).astype(np.int16), placed
+
+
+def conversation_script(
+    seconds: float, *, seed: int = 0, monologue_s: float = 0.0, hold_s: float = 0.0
+) -> list[tuple[int, float, str]]:
+    """A call's script for :func:`stereo_call`: turns of 8-40 s that alternate between channels.
+
+    Inside a turn, clips follow each other after 0.2-0.7 s pauses; between turns there is a
+    gap of up to 2 s or an overlap of up to 1 s. ``hold_s`` of silence (both parties waiting)
+    and then a ``monologue_s`` agent turn come after the conversation.
+    """
+    lengths = {name: len(pcm) / 16_000 for name, (pcm, _) in english_clips().items()}
+    names = sorted(lengths)
+    rng = np.random.default_rng(seed)
+    script: list[tuple[int, float, str]] = []
+    t, channel = 0.5, 0
+
+    def turn(until: float) -> float:
+        now = t
+        while now < until:
+            name = names[int(rng.integers(len(names)))]
+            script.append((channel, round(now, 3), name))
+            now += lengths[name] + rng.uniform(0.2, 0.7)
+        return now
+
+    while t < seconds:
+        t = turn(t + rng.uniform(8, 40)) + rng.uniform(-1.0, 2.0)
+        channel = 1 - channel
+    if monologue_s:
+        t += hold_s
+        channel = 0
+        t = turn(t + monologue_s) + 1.0
+    return script
+
+
+def write_wav_blocks(
+    target: Path,
+    blocks: Iterator[np.ndarray],
+    *,
+    rate: int = 16_000,
+    out_rate: int = 8_000,
+    codec: str = "pcm_mulaw",
+) -> Path:
+    """Write 16 kHz int16 ``(2, samples)`` blocks as a stereo WAV (telephone: 8 kHz mu-law)."""
+    with av.open(str(target), "w", format="wav") as out:
+        stream = out.add_stream(codec, rate=out_rate, layout="stereo")
+        resampler = av.AudioResampler(format="s16", layout="stereo", rate=out_rate)
+        for block in blocks:
+            frame = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(block.T).reshape(1, -1), format="s16", layout="stereo"
+            )
+            frame.sample_rate = rate
+            for converted in resampler.resample(frame):
+                for packet in stream.encode(converted):
+                    out.mux(packet)
+        for converted in resampler.resample(None):
+            for packet in stream.encode(converted):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return target
 
 
 def manifest() -> dict[str, dict[str, object]]:

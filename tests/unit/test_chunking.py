@@ -161,3 +161,11 @@ def test_vad_rejects_an_unknown_mode() -> None:
     """WebRTC's VAD has modes 0 to 3."""
     with pytest.raises(ValueError, match="aggressiveness"):
         SpeechDetector(aggressiveness=4)
+
+
+def test_dither_below_the_floor_is_never_speech() -> None:
+    """An idle line at -80 dBFS plans no request, whatever WebRTC makes of it."""
+    quiet = np.random.default_rng(0).normal(0, 3, 60 * SAMPLE_RATE).astype(np.int16)
+    speech_map = _speech_map(quiet)
+    assert not speech_map.speech.any()
+    assert plan_spans(speech_map, ChunkPolicy(), sample_rate=SAMPLE_RATE) == []
