@@ -311,6 +311,13 @@ class OpenAIBackend(_SSEBackend):
     name = "openai"
     path = OPENAI_PATH
 
+    def __init__(self, client: httpx.AsyncClient, base_url: str, api_key: str | None) -> None:
+        super().__init__(client, base_url, api_key)
+        # A base URL ending in /v1 is an OpenAI-style one (vLLM: http://host:8000/v1) and
+        # takes the plain route; a bare host gets DashScope's compatible-mode path.
+        if base_url.rstrip("/").endswith("/v1"):
+            self._url = base_url.rstrip("/") + "/chat/completions"
+
     def _body(self, audio_uri: str, options: RecognitionOptions) -> dict[str, Any]:
         asr_options: dict[str, Any] = {"enable_itn": options.enable_itn}
         if options.language:
