@@ -151,7 +151,9 @@ class _Tmux:
         exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
         # COLUMNS/LINES inherited from the test process would override the pane's real size.
         exports += f"export COLUMNS={size[0]} LINES={size[1]}\n"
-        script.write_text(f"{exports}exec {command}\n")
+        # The pane outlives the command, so its last screen and exit status can be read; the
+        # shell survives Ctrl-C (a trap, unlike an ignored signal, is not inherited).
+        script.write_text(f'{exports}trap : INT\n{command}\necho "[exit $?]"\nsleep 600\n')
         width, height = str(size[0]), str(size[1])
         self._tmux("new-session", "-d", "-x", width, "-y", height, f"sh {script}")
         # A detached session may still take tmux's default size; set it explicitly.
@@ -302,7 +304,8 @@ def test_dev_runs_the_stack_in_the_foreground_and_ctrl_c_stops_it(tmp_path: Path
             f"expected the pids of Kafka, the ASR server and the worker:\n{tmux.screen()}"
         )
         tmux.send_keys("C-c")
-        tmux.wait_for(lambda s: "Stopped." in s, timeout_s=90)
+        tmux.wait_for(lambda s: "[exit 0]" in s, timeout_s=90)
+        assert "Stopped." in tmux.screen()
     finally:
         tmux.close()
     for pid in pids:
