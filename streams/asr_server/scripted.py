@@ -13,7 +13,9 @@ stream starts), ``cut`` (connection dropped after ``after_deltas`` pieces), ``sl
 (``delay_s`` more before anything is sent) and ``error_frame_429`` (HTTP 200, then an error
 frame after ``after_deltas`` pieces). ``code`` and ``message`` override the error sent.
 ``GET /scripted/journal`` lists recent requests (an entry appears when recognition starts and
-is completed when the reply ends) and ``POST /scripted/reset`` clears journal and rules.
+is completed when the reply ends; ``started_at``, ``first_delta_at`` and ``finished_at`` are
+Unix times, so a benchmark can subtract the server's own time) and ``POST /scripted/reset``
+clears journal and rules.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 import hashlib
 import random
 import re
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass
@@ -221,6 +224,7 @@ class ScriptedEngine:
                 "language": request.language,
                 "audio_s": request.duration_s,
                 "fault": fault or None,
+                "started_at": time.time(),
             }
         )
         if fault in {"401", "400", "429", "500"}:
@@ -236,6 +240,8 @@ class ScriptedEngine:
         for index, text in enumerate(pieces[:stop_at]):
             if index:
                 await asyncio.sleep(cfg.delta_interval_s)
+            else:
+                self._log({"request_id": request.request_id, "first_delta_at": time.time()})
             yield Piece(text, language, "neutral")
         if fault == "cut":
             raise DropConnection
@@ -277,7 +283,7 @@ class ScriptedEngine:
 
     def record(self, outcome: RequestOutcome) -> None:
         """Complete a request's journal entry (the server's ``on_finished`` hook)."""
-        self._log(asdict(outcome))
+        self._log({**asdict(outcome), "finished_at": time.time()})
 
     def _log(self, fields: dict[str, Any]) -> None:
         request_id = fields["request_id"]
@@ -296,6 +302,9 @@ class ScriptedEngine:
                 "text": "",
                 "finished": False,
                 "fault": None,
+                "started_at": None,
+                "first_delta_at": None,
+                "finished_at": None,
             }
             while len(self._journal) > self.config.journal_size:
                 self._journal.popitem(last=False)
