@@ -10,9 +10,11 @@ import httpx
 
 from streams.config import Settings
 from streams.fetch import fetch_client
+from streams.idempotency import Ledger
 from streams.metrics import MeteredBackend, MeteredPublisher, Metrics, add_metrics_page
 from streams.pipeline import Pipeline, fetch_limits
 from streams.publish import TopicNames
+from streams.ratelimit import RateLimitedBackend, RequestLimiter
 from streams.transcribe import DashScopeBackend, OpenAIBackend, RecognitionBackend, asr_client
 
 __all__ = ["FaustSender", "Runtime", "create_app"]
@@ -67,6 +69,9 @@ class Runtime:
                 self._http, s.resolved_asr_base_url, s.resolved_api_key
             )
             backend = MeteredBackend(backend, self.metrics)
+            # Outermost, so that every request (retries and re-sends after a 429 included)
+            # waits for the worker-wide rate, and a 429 pauses all of them (ratelimit.py).
+            backend = RateLimitedBackend(backend, RequestLimiter(s.asr_requests_per_minute))
             topics = TopicNames(partial=s.topic_partial, final=s.topic_final, failed=s.topic_failed)
             # Audio downloads get their own guarded client: it never carries the API key and
             # connects only to the addresses the SSRF guard checked.
@@ -125,7 +130,14 @@ def create_app(settings: Settings) -> faust.App:
     metrics = Metrics.for_worker()
     add_metrics_page(app, metrics)
     runtime = Runtime(settings, FaustSender(outputs), metrics)
-    register_agents(app, recordings, runtime)
+    # Co-partitioned with the recordings topic: same partition count, keyed by recording id.
+    ledger = Ledger(
+        app,
+        partitions=settings.topic_partitions,
+        store=settings.state_store,
+        retention_s=settings.finalized_retention_s,
+    )
+    register_agents(app, recordings, runtime, ledger)
 
     @app.on_before_shutdown.connect
     async def _close_runtime(app: faust.App, **kwargs: object) -> None:

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     asr_attempts: int = Field(default=5, ge=1)
     asr_concurrency: int = Field(default=16, ge=1)
     """Recognition requests in flight per worker, across all partitions."""
+    asr_requests_per_minute: float = Field(default=100.0, gt=0)
+    """Recognition requests per minute per worker, retries included (the API's limit is 100
+    per account: divide it among the workers); a 429 pauses every request for its Retry-After."""
+    state_store: str = "memory://"
+    """Store of the ``finalized`` table: ``memory://`` (rebuilt from its changelog topic at
+    start) or ``rocksdb://`` (on disk; needs ``faust-streaming[rocksdict]``)."""
+    finalized_retention_s: float = Field(default=30 * 86400.0, gt=0)
+    """How long a recording's outcome is remembered; republished later, it is transcribed again."""
     recording_deadline_s: float = 900.0
     """Time budget of one recording, retries included."""
     price_per_second_usd: float = 0.000035

@@ -23,11 +23,33 @@ The tree says what the pipeline does with an error, not where it came from::
 
 Third-party exceptions are translated once, at the stage boundary, with ``raise ... from``.
 When retries run out, the last transient error becomes the failed event (``retryable`` true).
+
+What happens to an error is decided here, by :func:`disposition` (and :func:`retry_wait`, the
+retry hook the pipeline hands to stamina):
+
+==============================  ========  =================================================
+error                           action    what follows
+==============================  ========  =================================================
+TransientError                  retry     backoff with jitter, or the ``Retry-After`` it
+                                          carries, until the attempts or the deadline run out;
+                                          then ``fail`` with that error's code
+RecognitionThrottled before     (wait)    not an attempt: the rate limiter pauses every
+the stream starts                         request for ``Retry-After`` and sends it again
+                                          (streams/ratelimit.py); ``retry`` after 30 in a row
+PermanentError                  fail      one failed event at once, offset committed
+any other PipelineError /       fail      ``internal_error`` (a bug must not stop the agent
+unexpected exception                      nor lose the recording); traceback in the log
+the terminal event cannot be    stop      propagates out of the agent: the offset is not
+published (the broker is gone)            committed and the recording is redelivered
+==============================  ========  =================================================
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 __all__ = [
+    "Action",
     "AudioNotFound",
     "AudioTooLarge",
     "AudioTooLong",
@@ -46,7 +68,11 @@ __all__ = [
     "ReferenceRejected",
     "TransientError",
     "UndecodableAudio",
+    "disposition",
+    "retry_wait",
 ]
+
+Action = Literal["retry", "fail", "stop"]
 
 
 class PipelineError(Exception):
@@ -192,3 +218,25 @@ class DeadlineExceeded(TransientError):
 
     code = "deadline_exceeded"
     stage = "pipeline"
+
+
+def disposition(exc: BaseException, *, publishing: bool = False) -> Action:
+    """Decide what becomes of a recording that raised ``exc``.
+
+    ``publishing`` says the error came from sending the terminal event itself: then no other
+    event can say what happened, so the worker stops processing the recording without
+    committing its offset, and it is redelivered.
+    """
+    if publishing:
+        return "stop"
+    if isinstance(exc, TransientError):
+        return "retry"
+    return "fail"
+
+
+def retry_wait(exc: BaseException) -> bool | float:
+    """Stamina's retry hook: retry transient errors only, after their ``Retry-After`` if any."""
+    if disposition(exc) != "retry":
+        return False
+    retry_after = getattr(exc, "retry_after_s", None)
+    return True if retry_after is None else max(retry_after, 0.01)

@@ -17,6 +17,7 @@ import orjson
 
 import schemas
 from streams.errors import InvalidEvent, PipelineError
+from streams.netguard import redact_urls
 
 __all__ = [
     "EVENT_NAMESPACE",
@@ -139,6 +140,10 @@ def failed_event(
             decoded = None
         original = decoded if isinstance(decoded, dict) else None
     key = recording_id or uuid.uuid5(EVENT_NAMESPACE, raw.hex()).hex
+    # The failed topic has more readers than the recordings topic: a presigned URL's query
+    # (its signature) and userinfo are not echoed there; expired or not, they are secrets.
+    if original is not None and isinstance(original.get("audio_url"), str):
+        original = {**original, "audio_url": redact_urls(original["audio_url"])}
     return {
         "schema_version": schemas.SCHEMA_VERSION,
         "type": "failed",
@@ -152,6 +157,8 @@ def failed_event(
         },
         "attempts": attempts,
         "original_event": original,
-        "original_raw": None if original is not None else raw.decode("utf-8", errors="replace"),
+        "original_raw": (
+            None if original is not None else redact_urls(raw.decode("utf-8", errors="replace"))
+        ),
         "failed_at": now_iso(),
     }

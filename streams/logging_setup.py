@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import orjson
 
+from streams.netguard import redact_urls
+
 __all__ = ["LOG_FORMATS", "JsonFormatter", "TextFormatter", "bind", "configure", "dict_config"]
 
 LOG_FORMATS = ("text", "json")
@@ -56,7 +58,9 @@ class _Redacting(logging.Formatter):
     def _redact(self, line: str) -> str:
         for secret in self._secrets:
             line = line.replace(secret, "***")
-        return line
+        # Presigned URLs carry their signature in the query, and httpx logs each request's
+        # full URL at DEBUG: no URL leaves with its query or userinfo.
+        return redact_urls(line)
 
 
 class TextFormatter(_Redacting):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 import ssl
 from collections.abc import Iterable
@@ -38,6 +39,7 @@ __all__ = [
     "check_url",
     "is_public_address",
     "redact_url",
+    "redact_urls",
     "resolve_checked",
 ]
 
@@ -65,6 +67,23 @@ def redact_url(url: str | httpx.URL) -> str:
     fragment = "<redacted>" if parts.fragment else ""
     shown = urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
     return shown if len(shown) <= _MAX_SHOWN else shown[: _MAX_SHOWN - 3] + "..."
+
+
+# A URL inside free text: its userinfo and its query (or fragment) are what redact_urls hides.
+_URL_IN_TEXT = re.compile(
+    r"(?i)\b(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/@\s\"'<>]*@)?(?P<rest>[^?#\s\"'<>]*)"
+    r"(?P<query>[?#][^\s\"'<>]*)?"
+)
+
+
+def redact_urls(text: str) -> str:
+    """Return ``text`` with the userinfo and query string of every URL in it replaced.
+
+    For text that is not one URL: log lines (an HTTP library's "GET <url>"), raw event bytes.
+    """
+    return _URL_IN_TEXT.sub(
+        lambda m: m["scheme"] + m["rest"] + ("?<redacted>" if m["query"] else ""), text
+    )
 
 
 def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:

@@ -28,7 +28,13 @@ from streams.chunking import Chunk, ChunkPolicy, max_chunk_seconds, plan_chunks
 from streams.config import Settings
 from streams.decode import SAMPLE_RATE, Layout, SpooledAudio, decode_to_files
 from streams.encode import encode_data_uri
-from streams.errors import DeadlineExceeded, PipelineError, RecognitionStreamCut, TransientError
+from streams.errors import (
+    DeadlineExceeded,
+    PipelineError,
+    RecognitionStreamCut,
+    TransientError,
+    retry_wait,
+)
 from streams.events import (
     RecognitionDefaults,
     Recording,
@@ -111,11 +117,7 @@ def _chunk_uri(audio: SpooledAudio, chunk: Chunk) -> str:
 
 def _retry_backoff(exc: Exception) -> bool | float:
     """Retry transient errors only, waiting what the server asked for when it said."""
-    if isinstance(exc, TransientError):
-        if exc.retry_after_s is not None:
-            return max(exc.retry_after_s, 0.01)
-        return True
-    return False
+    return retry_wait(exc)  # the one policy, in streams/errors.py
 
 
 class Pipeline:
