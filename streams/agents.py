@@ -7,8 +7,9 @@ inside one recording from its chunks.
 
 Idempotency (streams/idempotency.py): before the pipeline runs, the ``finalized`` table says
 whether the recording is answered already (then the event is acknowledged without recognition
-and nothing is published); after the terminal event is acknowledged by the broker, its entry
-is written to the table's changelog, and only then does the loop move on to let the offset be
+and nothing is published, or the kept final event is published again if the worker died
+while publishing it); after the terminal event is acknowledged by the broker, its entry is
+written to the table's changelog, and only then does the loop move on to let the offset be
 committed.
 """
 
@@ -40,6 +41,20 @@ def register_agents(
             where = f"{message.topic}[{message.partition}]@{message.offset}"
             recording_id = recording_id_of(event.value)
             done = ledger.answered(recording_id, where) if recording_id else None
+            if done is not None and done.event is not None:
+                # Transcribed, but the worker died around publishing the final: send the
+                # same final again (same event_id), never the audio.
+                log.warning(
+                    "recording %s at %s was transcribed at %s but its final may not be out: "
+                    "publishing final %s again, without recognition",
+                    recording_id,
+                    where,
+                    done.source,
+                    done.event_id,
+                )
+                await runtime.publisher().final(done.event)
+                await ledger.record(done.event, where)
+                continue
             if done is not None:
                 log.info(
                     "recording %s at %s is %s already (event %s at %s, %s): acknowledged "

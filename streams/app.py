@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 import faust
 import httpx
 
 from streams.config import Settings
 from streams.fetch import fetch_client
-from streams.idempotency import Ledger
+from streams.idempotency import Ledger, LedgerPublisher
 from streams.metrics import MeteredBackend, MeteredPublisher, Metrics, add_metrics_page
 from streams.pipeline import Pipeline, fetch_limits
 from streams.publish import TopicNames
@@ -43,14 +44,25 @@ class Runtime:
     """The worker's shared HTTP client and pipeline, created on first use, closed at shutdown."""
 
     def __init__(
-        self, settings: Settings, sender: FaustSender, metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        sender: FaustSender,
+        metrics: Metrics | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
         self._sender = sender
+        self._ledger = ledger
         self._http: httpx.AsyncClient | None = None
         self._fetch_http: httpx.AsyncClient | None = None
         self._pipeline: Pipeline | None = None
+        self._publisher: Any = None
+
+    def publisher(self) -> Any:
+        """The pipeline's publisher (metered, and keeping finals in the ledger)."""
+        self.pipeline()
+        return self._publisher
 
     def pipeline(self) -> Pipeline:
         """The pipeline, built inside the running event loop the first time it is asked for."""
@@ -76,9 +88,12 @@ class Runtime:
             # Audio downloads get their own guarded client: it never carries the API key and
             # connects only to the addresses the SSRF guard checked.
             self._fetch_http = fetch_client(fetch_limits(s))
-            self._pipeline = Pipeline(
-                s, backend, MeteredPublisher(self._sender, topics, self.metrics), self._fetch_http
-            )
+            publisher: Any = MeteredPublisher(self._sender, topics, self.metrics)
+            if self._ledger is not None:
+                # Each final is kept in the ledger before it goes out (idempotency.py).
+                publisher = LedgerPublisher(publisher, self._ledger)
+            self._publisher = publisher
+            self._pipeline = Pipeline(s, backend, publisher, self._fetch_http)
             log.info(
                 "recognition via %s backend at %s, model %s",
                 backend.name,
@@ -129,7 +144,6 @@ def create_app(settings: Settings) -> faust.App:
     }
     metrics = Metrics.for_worker()
     add_metrics_page(app, metrics)
-    runtime = Runtime(settings, FaustSender(outputs), metrics)
     # Co-partitioned with the recordings topic: same partition count, keyed by recording id.
     ledger = Ledger(
         app,
@@ -137,6 +151,7 @@ def create_app(settings: Settings) -> faust.App:
         store=settings.state_store,
         retention_s=settings.finalized_retention_s,
     )
+    runtime = Runtime(settings, FaustSender(outputs), metrics, ledger)
     register_agents(app, recordings, runtime, ledger)
 
     @app.on_before_shutdown.connect

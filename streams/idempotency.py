@@ -17,14 +17,26 @@ What the agent does with it (:meth:`Ledger.answered`):
   rebalance before the offset commit) or republished: it is acknowledged with a log line and
   nothing is published, because the final event is on its topic already (the entry is written
   only after the broker acknowledged the final event);
+- a recording with a *publishing* entry was transcribed, but the worker may have died before
+  its final event got out: the final event kept in the entry is published again as it was
+  (same ``event_id``, same content), without recognition, and the entry becomes *final*;
 - a recording with a *failed* entry is skipped only when it is the very same event again (same
   topic, partition and offset); a republished one is processed, since failures can be retried.
 
-The remaining window: the entry is written after the final event is acknowledged, and the
-offset is committed after the entry is acknowledged. A crash between the final's
-acknowledgement and the entry's leaves no entry, so the redelivered recording is transcribed
-once more and a second final event goes out, with the same deterministic ``event_id``
-(UUIDv5 of the recording id) for consumers to drop. The window is one broker round trip.
+The order of writes (:class:`LedgerPublisher` and the agent) is: the *publishing* entry (with
+the final event) is acknowledged by the broker, then the final event, then the *final* entry,
+then the offset commit. So a recording whose recogniser requests succeeded is never sent to
+the recogniser again, whatever crashes. What remains:
+
+- a crash after the recogniser answered but before the *publishing* entry is acknowledged
+  (milliseconds after the last request) redoes the recording: its requests are sent again;
+  that is at-least-once for a recording that had no final yet, not a second transcription of
+  a final one;
+- a crash after the final event is acknowledged but before the *final* entry is written
+  publishes
+  the same final event once more from the *publishing* entry: a duplicate with the same
+  deterministic ``event_id`` (UUIDv5 of the recording id) for consumers to drop, and no
+  second bill.
 """
 
 from __future__ import annotations
@@ -37,8 +49,9 @@ import faust
 import orjson
 
 from streams.events import now_iso
+from streams.publish import Publisher
 
-__all__ = ["Ledger", "Outcome", "recording_id_of"]
+__all__ = ["Ledger", "LedgerPublisher", "Outcome", "recording_id_of"]
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +63,13 @@ class Outcome:
     """The terminal event a recording ended with, as the table keeps it."""
 
     outcome: str
-    """``final`` or ``failed``."""
+    """``final``, ``failed``, or ``publishing`` (transcribed; the final may not be out)."""
     event_id: str
     source: str
     """``topic[partition]@offset`` of the recording event that was answered."""
     at: str
+    event: dict[str, Any] | None = None
+    """The final event itself, kept only while ``publishing``."""
 
     @classmethod
     def from_value(cls, value: Any) -> Outcome | None:
@@ -65,7 +80,8 @@ class Outcome:
             fields = [str(value[name]) for name in ("outcome", "event_id", "source", "at")]
         except KeyError:
             return None
-        return cls(*fields)
+        event = value.get("event")
+        return cls(*fields, event=event if isinstance(event, dict) else None)
 
 
 def recording_id_of(raw: bytes) -> str | None:
@@ -105,7 +121,9 @@ class Ledger:
         found = Outcome.from_value(self.table.get(recording_id))
         if found is None:
             return None
-        if found.outcome == "final" or found.source == source:
+        if found.outcome == "publishing" and found.event is None:
+            return None  # cannot happen with values this module wrote; redo to be safe
+        if found.outcome in ("final", "publishing") or found.source == source:
             return found
         return None
 
@@ -115,15 +133,26 @@ class Ledger:
         Must run inside the agent's iteration: the write goes to the changelog partition of
         the current event. Events without a recording id (unreadable ones) are not recorded.
         """
+        await self._write(event, source, str(event["type"]))
+
+    async def record_intent(self, final: dict[str, Any], source: str) -> None:
+        """Keep ``final`` as *publishing* before it is published (see the module docstring)."""
+        await self._write(final, source, "publishing", keep_event=True)
+
+    async def _write(
+        self, event: dict[str, Any], source: str, outcome: str, *, keep_event: bool = False
+    ) -> None:
         recording_id = event.get("recording_id")
         if not recording_id:
             return
-        value = {
-            "outcome": str(event["type"]),
+        value: dict[str, Any] = {
+            "outcome": outcome,
             "event_id": str(event["event_id"]),
             "source": source,
             "at": now_iso(),
         }
+        if keep_event:
+            value["event"] = event
         table = self.table
         # What ``table[recording_id] = value`` does, keeping the changelog future so that the
         # recording's offset moves on only once the entry is on the broker (this narrows the
@@ -131,3 +160,38 @@ class Ledger:
         future = table.send_changelog(table.partition_for_key(recording_id), recording_id, value)
         table.data[recording_id] = value
         await future
+
+
+class LedgerPublisher:
+    """A publisher whose final events are kept in the ledger before they go out.
+
+    Wraps the pipeline's publisher; partial and failed events pass straight through.
+    """
+
+    def __init__(self, inner: Publisher, ledger: Ledger) -> None:
+        self._inner = inner
+        self._ledger = ledger
+
+    async def partial(self, recording_id: str, **fields: Any) -> None:
+        """Publish one delta, as the inner publisher does."""
+        await self._inner.partial(recording_id, **fields)
+
+    async def final(self, event: dict[str, Any]) -> None:
+        """Record the *publishing* entry, then publish ``event`` and wait for the broker."""
+        where = current_source()
+        if where is not None:
+            await self._ledger.record_intent(event, where)
+        await self._inner.final(event)
+
+    async def failed(self, event: dict[str, Any]) -> None:
+        """Publish a failed event, as the inner publisher does."""
+        await self._inner.failed(event)
+
+
+def current_source() -> str | None:
+    """``topic[partition]@offset`` of the event the agent is processing, if any."""
+    event = faust.current_event()
+    if event is None:
+        return None
+    message = event.message
+    return f"{message.topic}[{message.partition}]@{message.offset}"
