@@ -16,16 +16,22 @@ committed.
 from __future__ import annotations
 
 import logging
+import os
 
 import faust
 
 from streams.app import Runtime
+from streams.errors import PipelineError
+from streams.events import failed_event
 from streams.idempotency import Ledger, recording_id_of
 from streams.logging_setup import bind
+from streams.pipeline import Pipeline
 
 __all__ = ["register_agents"]
 
 log = logging.getLogger(__name__)
+
+_EXIT_CANNOT_PUBLISH = 75  # EX_TEMPFAIL: a supervisor should start the worker again
 
 
 def register_agents(
@@ -39,39 +45,85 @@ def register_agents(
         async for event in stream.events():
             message = event.message
             where = f"{message.topic}[{message.partition}]@{message.offset}"
-            recording_id = recording_id_of(event.value)
-            done = ledger.answered(recording_id, where) if recording_id else None
-            if done is not None and done.event is not None:
-                # Transcribed, but the worker died around publishing the final: send the
-                # same final again (same event_id), never the audio.
-                log.warning(
-                    "recording %s at %s was transcribed at %s but its final may not be out: "
-                    "publishing final %s again, without recognition",
-                    recording_id,
-                    where,
-                    done.source,
-                    done.event_id,
-                )
-                await runtime.publisher().final(done.event)
-                await ledger.record(done.event, where)
-                continue
-            if done is not None:
-                log.info(
-                    "recording %s at %s is %s already (event %s at %s, %s): acknowledged "
-                    "without recognition, nothing published",
-                    recording_id,
-                    where,
-                    done.outcome,
-                    done.event_id,
-                    done.source,
-                    done.at,
-                )
-                continue
-            # process() returns only once the terminal event is acknowledged by the broker;
-            # the offset is acked when the loop moves on, and committed after that.
-            with (
-                runtime.metrics.recording(),
-                bind(topic=message.topic, partition=message.partition, offset=message.offset),
-            ):
-                outcome = await pipeline.process(event.value, where=where)
-            await ledger.record(outcome, where)
+            with bind(topic=message.topic, partition=message.partition, offset=message.offset):
+                try:
+                    await _answer(pipeline, runtime, ledger, event.value, where)
+                except Exception as exc:  # noqa: BLE001 (the terminal event could not be sent)
+                    await _answer_unpublishable(runtime, ledger, event.value, where, exc)
+
+
+async def _answer(
+    pipeline: Pipeline, runtime: Runtime, ledger: Ledger, raw: bytes, where: str
+) -> None:
+    """Give the recording event at ``where`` its one terminal event, unless it has one."""
+    recording_id = recording_id_of(raw)
+    done = ledger.answered(recording_id, where) if recording_id else None
+    if done is not None and done.event is not None:
+        # Transcribed, but the worker died around publishing the final: send the same final
+        # again (same event_id), never the audio.
+        log.warning(
+            "recording %s at %s was transcribed at %s but its final may not be out: "
+            "publishing final %s again, without recognition",
+            recording_id,
+            where,
+            done.source,
+            done.event_id,
+        )
+        await runtime.publisher().final(done.event)
+        await ledger.record(done.event, where)
+        return
+    if done is not None:
+        log.info(
+            "recording %s at %s is %s already (event %s at %s, %s): acknowledged without "
+            "recognition, nothing published",
+            recording_id,
+            where,
+            done.outcome,
+            done.event_id,
+            done.source,
+            done.at,
+        )
+        return
+    # process() returns only once the terminal event is acknowledged by the broker; the
+    # offset is acked when the agent's loop moves on, and committed after that.
+    with runtime.metrics.recording():
+        outcome = await pipeline.process(raw, where=where)
+    await ledger.record(outcome, where)
+
+
+async def _answer_unpublishable(
+    runtime: Runtime, ledger: Ledger, raw: bytes, where: str, exc: Exception
+) -> None:
+    """Answer a recording whose terminal event the broker refused, or stop the worker.
+
+    An exception must not leave the agent's loop: faust acknowledges the event when its
+    stream generator is closed, so the recording would be committed without any terminal
+    event. A final the broker refuses for good (bigger than the topic's max.message.bytes,
+    say) becomes a failed event instead; if that cannot be published either, the broker is
+    gone or misconfigured and the process exits at once, without committing (errors.py's
+    ``stop``): the recording is redelivered when the worker is back.
+    """
+    recording_id = recording_id_of(raw)
+    log.exception(
+        "recording %s at %s: its terminal event could not be published", recording_id, where
+    )
+    error = PipelineError(
+        f"the terminal event could not be published: {type(exc).__name__}: {exc}",
+        code="internal_error",
+        stage="publish",
+    )
+    failed = failed_event(error, raw=raw, recording=None, recording_id=recording_id, attempts=0)
+    try:
+        await runtime.publisher().failed(failed)
+        await ledger.record(failed, where)
+    except Exception:
+        # errors.py's "stop": disposition(exc, publishing=True)
+        log.critical(
+            "recording %s at %s: no terminal event can be published; exiting without "
+            "committing its offset, so that it is redelivered",
+            recording_id,
+            where,
+            exc_info=True,
+        )
+        logging.shutdown()
+        os._exit(_EXIT_CANNOT_PUBLISH)
