@@ -39,9 +39,15 @@ the stream starts                         request for ``Retry-After`` and sends 
 PermanentError                  fail      one failed event at once, offset committed
 any other PipelineError /       fail      ``internal_error`` (a bug must not stop the agent
 unexpected exception                      nor lose the recording); traceback in the log
-the terminal event cannot be    stop      propagates out of the agent: the offset is not
-published (the broker is gone)            committed and the recording is redelivered
+the broker refuses the final    fail      ``internal_error``, stage ``publish`` (too big for
+                                          the topic, say), published by the agent instead
+no terminal event can be        stop      the worker exits (status 75) without committing
+published (the broker is gone)            the offset: the recording is redelivered
 ==============================  ========  =================================================
+
+An exception must never leave the agent's loop: faust acknowledges the current event when its
+stream generator closes, which would commit a recording that has no terminal event
+(streams/agents.py).
 """
 
 from __future__ import annotations
