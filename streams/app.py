@@ -154,6 +154,11 @@ def create_app(settings: Settings) -> faust.App:
     runtime = Runtime(settings, FaustSender(outputs), metrics, ledger)
     register_agents(app, recordings, runtime, ledger)
 
+    @app.timer(interval=min(3600.0, settings.finalized_retention_s))
+    async def _forget_expired_outcomes() -> None:
+        if forgotten := ledger.forget_expired():
+            log.info("forgot %d recording outcomes older than the retention", forgotten)
+
     @app.on_before_shutdown.connect
     async def _close_runtime(app: faust.App, **kwargs: object) -> None:
         await runtime.close()

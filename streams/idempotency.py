@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
@@ -101,6 +102,7 @@ class Ledger:
     """The ``finalized`` table and the two questions asked of it."""
 
     def __init__(self, app: faust.App, *, partitions: int, store: str, retention_s: float) -> None:
+        self._retention_s = retention_s
         self.table: faust.Table[str, dict[str, str]] = app.Table(
             TABLE_NAME,
             key_type=str,
@@ -115,6 +117,22 @@ class Ledger:
                 "retention.ms": str(int(retention_s * 1000)),
             },
         )
+
+    def forget_expired(self) -> int:
+        """Drop entries older than the retention from a ``memory://`` store; return how many.
+
+        The changelog forgets them by itself (``retention.ms``); this keeps a long-running
+        worker's memory to the retention window too (about 1 kB per recording). On-disk stores
+        are left alone.
+        """
+        data = getattr(self.table.data, "data", None)  # the memory store's dict
+        if not isinstance(data, dict):
+            return 0
+        cutoff = _iso_ago(self._retention_s)
+        expired = [k for k, v in data.items() if isinstance(v, dict) and v.get("at", "") < cutoff]
+        for key in expired:
+            data.pop(key, None)
+        return len(expired)
 
     def answered(self, recording_id: str, source: str) -> Outcome | None:
         """The outcome that makes processing this event again pointless, if there is one."""
@@ -195,3 +213,9 @@ def current_source() -> str | None:
         return None
     message = event.message
     return f"{message.topic}[{message.partition}]@{message.offset}"
+
+
+def _iso_ago(seconds: float) -> str:
+    """The time ``seconds`` ago in :func:`~streams.events.now_iso`'s format (sortable)."""
+    then = datetime.now(UTC) - timedelta(seconds=seconds)
+    return then.isoformat().replace("+00:00", "Z")

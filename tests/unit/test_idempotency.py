@@ -53,3 +53,25 @@ def test_answered(stored: str, source: str, skipped: bool) -> None:
     )
     assert (ledger.answered("rec", source) is not None) is skipped
     assert ledger.answered("other", source) is None
+
+
+def test_forget_expired_drops_only_old_entries_of_a_memory_store() -> None:
+    """Entries older than the retention leave memory; newer ones stay."""
+
+    class _Store:
+        def __init__(self, data: dict[str, Any]) -> None:
+            self.data = data
+
+    class _MemoryTable:
+        def __init__(self, data: dict[str, Any]) -> None:
+            self.data = _Store(data)
+
+    entries = {
+        "old": {"outcome": "final", "at": "2020-01-01T00:00:00.000000Z"},
+        "new": {"outcome": "final", "at": "2999-01-01T00:00:00.000000Z"},
+    }
+    ledger = Ledger.__new__(Ledger)
+    ledger._retention_s = 86400
+    ledger.table = _MemoryTable(entries)  # type: ignore[assignment]  # the store's shape only
+    assert ledger.forget_expired() == 1
+    assert list(entries) == ["new"]
