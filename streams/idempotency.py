@@ -135,7 +135,14 @@ class Ledger:
         return len(expired)
 
     def answered(self, recording_id: str, source: str) -> Outcome | None:
-        """The outcome that makes processing this event again pointless, if there is one."""
+        """The outcome that makes processing this event again pointless, if there is one.
+
+        Raises:
+            faust.exceptions.PartitionsMismatch: the recordings topic and the changelog have
+                different partition counts, so entries would land where lookups never look;
+                raised here, before anything is sent to the recogniser.
+        """
+        self.table.partition_for_key(recording_id)  # checks co-partitioning (once per topic)
         found = Outcome.from_value(self.table.get(recording_id))
         if found is None:
             return None
