@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": {},
     }
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    failed: list[str] = []
     with _broker(bool(_NEEDS_KAFKA & set(args.selected))) as broker:
         corpus = build_corpus(ROOT / ".cache", 12 if args.quick else 24)
         bench = Bench(
@@ -112,30 +114,41 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.selected:
             print(f"\n== {name} ==", flush=True)
             t = time.time()
-            scenario = SCENARIOS[name](bench)
+            try:
+                scenario = SCENARIOS[name](bench)
+            except Exception as exc:  # noqa: BLE001  # one broken scenario must not lose the rest
+                failed.append(name)
+                traceback.print_exc()
+                scenario = {"error": f"{type(exc).__name__}: {exc}"}
             scenario["duration_s"] = round(time.time() - t, 1)
             results["scenarios"][name] = scenario
-            print(report.table(name, scenario), flush=True)
+            if "error" not in scenario:
+                print(report.table(name, scenario), flush=True)
             print(f"({name}: {scenario['duration_s']:.0f} s)", flush=True)
     results["duration_s"] = round(time.time() - began, 1)
     results["load_after"] = report.machine()["loadavg"]
-    results["targets"] = report.targets(results["scenarios"])
+    done = {k: v for k, v in results["scenarios"].items() if not {"error", "skipped"} & v.keys()}
+    results["targets"] = report.targets(done)
     (args.out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    pictures = charts.draw(results, args.out)
+    pictures = charts.draw({**results, "scenarios": done}, args.out)
     print("\n" + report.targets_table(results["targets"]))
-    full = not args.quick and set(args.selected) == set(SCENARIOS)
+    full = not args.quick and set(done) == set(SCENARIOS)
     if full:
         docs = ROOT / "docs" / "perf"
         docs.mkdir(parents=True, exist_ok=True)
         for picture in pictures:
             shutil.copy(picture, docs / picture.name)
-        (docs / "latest.md").write_text(report.markdown(results, [p.name for p in pictures]))
+        (docs / "latest.md").write_text(
+            report.markdown({**results, "scenarios": done}, [p.name for p in pictures])
+        )
     written = ", ".join(p.name for p in pictures)
     print(f"\n{results['duration_s']:.0f} s in all; results.json and {written} in {args.out}")
     if full:
         print("docs/perf/ refreshed")
     print(f"process logs: {logs}")
-    return 0
+    if failed:
+        print(f"FAILED: {', '.join(failed)} (tracebacks above)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def run(bench: Bench) -> dict[str, Any]:
         worker = dep.add_worker()
         asyncio.run(dep.warm_up(timeout_s=180 + hold))
         time.sleep(2)
+        dep.check()
         rest = memory_kib(worker.pid)["VmRSS"]
         events = dep.events(count)
         began = time.time()

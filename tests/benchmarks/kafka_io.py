@@ -46,16 +46,26 @@ class Topics:
         outputs = output_partitions or partitions
         specs = [TopicSpec(self.recordings, partitions, 1)]
         specs += [TopicSpec(name, outputs, 1) for name in self.outputs.values()]
+        # The worker's table changelog too, as an operator who manages topics would: left to
+        # faust, a busy broker sometimes has no metadata for it yet at the first assignment
+        # of a 256-partition group, and the worker stops on PartitionsMismatch.
+        changelog = TopicSpec(f"{self.app_id}-finalized-changelog", partitions, 1)
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()
         try:
             config = {"message.timestamp.type": "LogAppendTime"}
-            await admin.create_topics(
-                [NewTopic(s.name, s.partitions, 1, topic_configs=config) for s in specs]
-            )
+            new = [NewTopic(s.name, s.partitions, 1, topic_configs=config) for s in specs]
+            compact = {"cleanup.policy": "compact,delete"}
+            new.append(NewTopic(changelog.name, partitions, 1, topic_configs=compact))
+            await admin.create_topics(new)
         finally:
             await admin.close()
-        await ensure_topics(self.bootstrap, specs, create=False, timeout_s=60)
+        await ensure_topics(self.bootstrap, [*specs, changelog], create=False, timeout_s=60)
+
+    @property
+    def app_id(self) -> str:
+        """The workers' faust app id, which is also their consumer group."""
+        return f"{self.prefix}-worker"
 
     def worker_env(
         self, asr_url: str, partitions: int, concurrency: int, audio_root: Path
@@ -63,7 +73,7 @@ class Topics:
         """Environment of a worker on these topics, talking to the scripted server."""
         return {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-            "STREAMS_APP_ID": f"{self.prefix}-worker",
+            "STREAMS_APP_ID": self.app_id,
             "STREAMS_TOPIC_RECORDINGS": self.recordings,
             "STREAMS_TOPIC_PARTIAL": self.outputs["partial"],
             "STREAMS_TOPIC_FINAL": self.outputs["final"],
