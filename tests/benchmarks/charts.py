@@ -146,8 +146,10 @@ def _memory(s: dict[str, Any]) -> Figure:
     rss.plot(t, [k / 1024 for k in kib], color="#3b75af", label="worker RSS (MiB)")
     rss.set(xlabel="s since publishing", ylabel="MiB")
     other = rss.twinx()
-    other.plot(t, flight, color="#c44e52", lw=1, label="requests in flight")
+    other.plot(t, flight, color="#c44e52", lw=1, label="requests at the server")
     other.set_ylabel("in flight")
+    lines = rss.get_lines() + other.get_lines()
+    rss.legend(lines, [line.get_label() for line in lines], fontsize=7, loc="upper left")
     rss.set_title(
         f"Peak {memory['peak_rss_mib']:.0f} MiB with {memory['max_in_flight']} in flight: "
         f"{memory['per_in_flight_mib']:.1f} MiB each ({memory['mean_audio_s']:.0f} s of audio)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import subprocess
 import time
 from typing import Any
 
@@ -37,9 +38,18 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "kafka": KAFKA_VERSION,
         "packages": {name: _version(name) for name in _PACKAGES},
+        "commit": _commit(),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def _commit() -> str:
+    """The checkout measured: short hash, ``-dirty`` when files differ from it."""
+    done = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() or "-"
 
 
 def _read(path: str) -> str:
@@ -61,8 +71,8 @@ def machine_line(m: dict[str, Any]) -> str:
     """One line: CPU, cores, memory, Python, Kafka and the load average at the time."""
     return (
         f"{m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, "
-        f"Python {m['python']}, Kafka {m['kafka']}; load average {m['loadavg'][0]:.2f} "
-        f"at {m['date']}"
+        f"Python {m['python']}, Kafka {m['kafka']}, commit {m.get('commit', '-')}; "
+        f"load average {m['loadavg'][0]:.2f} at {m['date']}"
     )
 
 
