@@ -22,8 +22,8 @@ import faust
 
 from streams.app import Runtime
 from streams.errors import PipelineError
-from streams.events import failed_event
-from streams.idempotency import Ledger, recording_id_of
+from streams.events import failed_event, recording_id_of
+from streams.idempotency import Ledger
 from streams.logging_setup import bind
 from streams.pipeline import Pipeline
 

@@ -28,6 +28,7 @@ __all__ = [
     "failed_event",
     "now_iso",
     "parse_recording",
+    "recording_id_of",
 ]
 
 # UUIDv5 namespace of this service's event ids: the same recording id gives the same final
@@ -77,6 +78,22 @@ class Recording:
     roles: tuple[str, ...]
     call: dict[str, Any] = field(default_factory=dict)
     original: dict[str, Any] = field(default_factory=dict)
+
+
+def recording_id_of(raw: bytes) -> str | None:
+    """The recording id of a raw recording event, or None when it has no readable one.
+
+    Used where the event may be invalid: a failed event is still keyed by its recording.
+    """
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(data, dict):
+        value = data.get("recording_id")
+        if isinstance(value, str) and 0 < len(value) <= 200:
+            return value
+    return None
 
 
 def parse_recording(raw: bytes, defaults: RecognitionDefaults) -> Recording:

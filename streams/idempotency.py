@@ -47,12 +47,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import faust
-import orjson
 
 from streams.events import now_iso
 from streams.publish import Publisher
 
-__all__ = ["Ledger", "LedgerPublisher", "Outcome", "recording_id_of"]
+__all__ = ["Ledger", "LedgerPublisher", "Outcome"]
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +82,6 @@ class Outcome:
             return None
         event = value.get("event")
         return cls(*fields, event=event if isinstance(event, dict) else None)
-
-
-def recording_id_of(raw: bytes) -> str | None:
-    """The recording id of a raw recording event, or None when it has no readable one."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if isinstance(data, dict):
-        value = data.get("recording_id")
-        if isinstance(value, str) and 0 < len(value) <= 200:
-            return value
-    return None
 
 
 class Ledger:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import stamina
 
 import schemas
@@ -42,6 +41,7 @@ from streams.events import (
     failed_event,
     now_iso,
     parse_recording,
+    recording_id_of,
 )
 from streams.fetch import FetchLimits, fetch
 from streams.publish import Publisher
@@ -203,7 +203,7 @@ class Pipeline:
         progress: _Progress,
         where: str,
     ) -> dict[str, Any]:
-        recording_id = recording.recording_id if recording else _salvage_id(raw)
+        recording_id = recording.recording_id if recording else recording_id_of(raw)
         event = failed_event(
             error,
             raw=raw,
@@ -471,14 +471,3 @@ def _turns(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _most_common(values: Any) -> Any:
     counts = collections.Counter(v for v in values if v)
     return counts.most_common(1)[0][0] if counts else None
-
-
-def _salvage_id(raw: bytes) -> str | None:
-    """The recording id of an invalid event, when one can still be read from it."""
-    with contextlib.suppress(orjson.JSONDecodeError):
-        data = orjson.loads(raw)
-        if isinstance(data, dict) and isinstance(data.get("recording_id"), str):
-            value: str = data["recording_id"]
-            if 0 < len(value) <= 200:
-                return value
-    return None

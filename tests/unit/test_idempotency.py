@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from streams.idempotency import Ledger, Outcome, recording_id_of
+from streams.events import recording_id_of
+from streams.idempotency import Ledger, Outcome
 
 
 @pytest.mark.parametrize(
