@@ -45,6 +45,16 @@ def _settings() -> Settings:
         raise click.ClickException(f"invalid settings in the environment:\n{exc}") from None
 
 
+# The local ASR engine of the stacks `dev` and `demo` start (resolved by _engine()).
+_engine_option = click.option(
+    "--engine",
+    type=click.Choice(["auto", "whisper", "scripted"]),
+    default="auto",
+    show_default=True,
+    help="Local ASR engine (auto: whisper if installed).",
+)
+
+
 @click.group(
     cls=_Ordered,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -137,13 +147,7 @@ def asr_server(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.option(
-    "--engine",
-    type=click.Choice(["auto", "whisper", "scripted"]),
-    default="auto",
-    show_default=True,
-    help="Local ASR engine (auto: whisper if installed).",
-)
+@_engine_option
 @click.option("--workers", default=1, show_default=True, help="Worker processes.")
 @click.option("--kafka-port", default=9092, show_default=True, help="Broker port (0: any).")
 @click.option("--asr-port", default=8765, show_default=True, help="ASR server port (0: any).")
@@ -549,13 +553,7 @@ async def _follow(
 
 
 @main.command()
-@click.option(
-    "--engine",
-    type=click.Choice(["auto", "whisper", "scripted"]),
-    default="auto",
-    show_default=True,
-    help="Local ASR engine (auto: whisper if installed).",
-)
+@_engine_option
 @click.option("--workers", default=1, show_default=True, help="Worker processes to start.")
 @click.option("--partial/--no-partial", default=True, help="Show partial text as it arrives.")
 def demo(engine: str, workers: int, partial: bool) -> None:
