@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from streams.api_limits import MAX_DATA_URI_BYTES
+
 __all__ = ["DASHSCOPE_REGIONS", "LOCAL_ASR_URL", "Settings"]
 
 # Native API hosts per region (dashscope-protocol.md §0). US model names carry "-us".
@@ -79,8 +81,10 @@ class Settings(BaseSettings):
     asr_concurrency: int = Field(default=16, ge=1)
     """Recognition requests in flight per worker, across all partitions."""
     asr_requests_per_minute: float = Field(default=100.0, gt=0)
-    """Recognition requests per minute per worker, retries included (the API's limit is 100
-    per account: divide it among the workers); a 429 pauses every request for its Retry-After."""
+    """The account's request quota per minute (qwen3-asr-flash: 100), shared by every worker
+    of the consumer group: each worker sends in the share of time slots that its partitions of
+    the recordings topic own, so no second holds more than RPM/60 (streams/ratelimit.py). A 429
+    pauses every request of the worker for its Retry-After."""
     state_store: str = "memory://"
     """Store of the ``finalized`` table: ``memory://`` (rebuilt from its changelog topic at
     start) or ``rocksdb://`` (on disk; needs ``faust-streaming[rocksdict]``)."""
@@ -96,6 +100,13 @@ class Settings(BaseSettings):
     context: str = ""
     channel_layout: Literal["mix", "split", "auto"] = "mix"
     channel_roles: Annotated[tuple[str, ...], NoDecode] = ("agent", "customer")
+    split_plan: Literal["turns", "packed"] = "packed"
+    """Requests of a split call: ``packed`` carries many speech stretches of one channel per
+    request (fewest requests and billed seconds, coarse turns); ``turns`` sends one request
+    per turn (exact turn times, emotion and language per turn). README "Request economy"."""
+    mixed_languages: bool = False
+    """False: a call speaks one language per channel, detected once from its longest request
+    and passed to the others; True: every request detects its own."""
 
     # Fetch and decode limits
     file_roots: Annotated[tuple[Path, ...], NoDecode] = ()
@@ -109,8 +120,9 @@ class Settings(BaseSettings):
     # Planning requests: per-request limits of the API and what counts as silence
     max_request_s: float = Field(default=300.0, gt=1)
     """Longest audio in one recognition request (qwen3-asr-flash docs: 5 minutes)."""
-    max_request_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024)
-    """Largest base64 ``data:`` URI in one request (docs: 10 MB); bounds chunks as raw PCM."""
+    max_request_bytes: int = Field(default=MAX_DATA_URI_BYTES, ge=64 * 1024)
+    """Largest base64 ``data:`` URI in one request (docs: "10 MB", decimal); bounds a request
+    as if its audio did not compress at all."""
     silence_threshold_s: float = Field(default=1.0, ge=0.1)
     """Silences at least this long are not sent and end a request; shorter pauses are sent."""
     speech_pad_s: float = Field(default=0.2, ge=0)
@@ -126,6 +138,22 @@ class Settings(BaseSettings):
                 if name in data:
                     data[name] = _split_csv(data[name])
         return data
+
+    @model_validator(mode="after")
+    def _region_rules(self) -> Settings:
+        # The US region serves no OpenAI-compatible mode (dashscope-protocol notes, §0).
+        if self.dashscope_region == "us" and self.asr_backend == "openai" and not self.asr_base_url:
+            raise ValueError(
+                "the US region has no OpenAI-compatible mode: use asr_backend dashscope"
+            )
+        return self
+
+    def model_for_region(self, model: str) -> str:
+        """The model name the region serves: the US region's names carry ``-us``."""
+        uses_us = self.dashscope_region == "us" and not self.asr_base_url
+        if uses_us and self.resolved_api_key is not None and not model.endswith("-us"):
+            return model + "-us"
+        return model
 
     @property
     def resolved_api_key(self) -> str | None:

@@ -1,4 +1,4 @@
-"""Audio for tests: the real recordings in ../shared/audio, and transcodes of them in any format.
+"""Audio for tests: the real recordings in tests/data/speech, and transcodes of them in any format.
 
 :data:`FORMATS` holds one recipe per format the Qwen3-ASR page lists, plus the telephone WAV
 forms. Every recipe is encoded in-process with PyAV except GSM 6.10 WAV, for which PyAV's
@@ -21,7 +21,7 @@ import orjson
 
 from streams.decode import decode_sync
 
-AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+AUDIO_DIR = Path(__file__).resolve().parent / "data" / "speech"
 
 __all__ = [
     "AUDIO_DIR",

@@ -1,7 +1,7 @@
-"""Rebuild the bundled sample calls from the recordings in ../shared/audio (run from the repo).
+"""Rebuild the bundled sample calls from the recordings in tests/data/speech (run from the repo).
 
 The samples are committed; this script documents exactly how they were made:
-``python -m streams.samples.build ../shared/audio``.
+``python -m streams.samples.build tests/data/speech``.
 """
 
 from __future__ import annotations
@@ -63,4 +63,4 @@ def main(shared: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/audio"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "tests/data/speech"))

@@ -1,4 +1,4 @@
-"""Benchmark audio: 30-300 s recordings of real speech, built once from ../shared/audio.
+"""Benchmark audio: 30-300 s recordings of real speech, built once from tests/data/speech.
 
 Each file loops the shared English, German and Chinese clips (mixed to 16 kHz mono, 0.4 s of
 silence between clips) from its own starting clip, so that no two files hold the same samples,
