@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+
 import orjson
 import pytest
 
 import schemas
 from streams.errors import InvalidEvent, RecognitionThrottled, UndecodableAudio
-from streams.events import RecognitionDefaults, event_id, failed_event, parse_recording
+from streams.events import (
+    EVENT_NAMESPACE,
+    RecognitionDefaults,
+    event_id,
+    failed_event,
+    parse_recording,
+)
 
 DEFAULTS = RecognitionDefaults(model="qwen3-asr-flash", language=None, context="default context")
 
@@ -121,3 +129,40 @@ def test_event_ids_are_deterministic_per_recording() -> None:
     assert event_id("final", "r-1") == event_id("final", "r-1")
     assert event_id("final", "r-1") != event_id("final", "r-2")
     assert event_id("final", "r-1") != event_id("failed", "r-1")
+
+
+# The namespace is part of the contract: consumers that deduplicate by event_id across a
+# deployment would see every redelivered final as new if it changed.
+DOCUMENTED_NAMESPACE = uuid.UUID("6f0f3c1e-5a55-4c1f-9a43-2b7f3b4c8d10")
+
+
+@pytest.mark.parametrize("recording_id", ["r-1", "call-2024-05-01T10:00:00Z", "ünïcødé-7"])
+def test_final_event_ids_are_uuid5_of_the_recording_id_in_the_service_namespace(
+    recording_id: str,
+) -> None:
+    """A final's id is the UUIDv5 of ``final:<recording id>`` in EVENT_NAMESPACE (README)."""
+    assert EVENT_NAMESPACE == DOCUMENTED_NAMESPACE
+    made = uuid.UUID(event_id("final", recording_id))
+    assert made.version == 5
+    assert made == uuid.uuid5(DOCUMENTED_NAMESPACE, f"final:{recording_id}")
+    assert str(made) == event_id("final", recording_id)  # canonical lower-case form
+
+
+def test_failed_event_ids_are_uuid5_too_even_without_a_recording_id() -> None:
+    """A failed event's id is UUIDv5 of its recording id, or of the raw bytes when there is none."""
+    raw = _raw()
+    named = failed_event(
+        UndecodableAudio("x"), raw=raw, recording=None, recording_id="r-1", attempts=0
+    )
+    assert uuid.UUID(named["event_id"]) == uuid.uuid5(DOCUMENTED_NAMESPACE, "failed:r-1")
+    garbage = b"\xff\xfe not json"
+    anonymous = [
+        failed_event(InvalidEvent("x"), raw=garbage, recording=None, recording_id=None, attempts=0)
+        for _ in range(2)
+    ]
+    assert anonymous[0]["event_id"] == anonymous[1]["event_id"]
+    assert uuid.UUID(anonymous[0]["event_id"]).version == 5
+    other = failed_event(
+        InvalidEvent("x"), raw=garbage + b"!", recording=None, recording_id=None, attempts=0
+    )
+    assert other["event_id"] != anonymous[0]["event_id"]
