@@ -69,6 +69,8 @@ class Result:
     billed_seconds: int = 0
     request_id: str | None = None
     annotations: list[dict[str, Any]] = field(default_factory=list)
+    truncated: bool = False
+    """The recogniser stopped at its output limit (``finish_reason: "length"``)."""
 
 
 class RecognitionBackend(Protocol):
