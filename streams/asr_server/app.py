@@ -30,6 +30,8 @@ from starlette.types import Send
 from streams.asr_server.engine import DropConnection, Engine, EngineError, Piece, RecognitionRequest
 from streams.asr_server.protocol import (
     BAD_URL,
+    RATE_QUOTA,
+    RATE_QUOTA_MESSAGE,
     ApiError,
     AsrRequest,
     CompatibleStream,
@@ -41,6 +43,7 @@ from streams.asr_server.protocol import (
     parse_compatible_request,
     parse_native_request,
 )
+from streams.asr_server.quota import RequestQuota
 from streams.decode import decode_sync
 from streams.errors import AudioTooLarge, AudioTooLong, PipelineError, UndecodableAudio
 from streams.fetch import FetchLimits, fetch, fetch_client
@@ -69,6 +72,8 @@ class RequestOutcome:
     request_id: str
     endpoint: str
     """``native`` or ``compatible``."""
+    received_at: float | None = None
+    """Unix time the request arrived, refused or not (quota tests count by it)."""
     stream: bool = False
     http_status: int = 200
     error_code: str | None = None
@@ -166,8 +171,10 @@ class _Server:
         max_data_uri_bytes: int,
         on_finished: Callable[[RequestOutcome], None] | None,
         fetch_limits: FetchLimits,
+        quota: RequestQuota | None = None,
     ):
         self.engine = engine
+        self.quota = quota
         self.fetch_limits = fetch_limits
         self.api_key = api_key
         self.max_audio_s = max_audio_s
@@ -187,9 +194,9 @@ class _Server:
 
     async def _serve(self, request: Request, endpoint: str) -> Response:
         native = endpoint == "native"
-        outcome = RequestOutcome(str(uuid.uuid4()), endpoint)
+        outcome = RequestOutcome(str(uuid.uuid4()), endpoint, received_at=time.time())
         try:
-            self._authorize(request)
+            self._admit(self._authorize(request))
             if native and request.headers.get("x-dashscope-async", "").lower() == "enable":
                 message = "current user api does not support asynchronous calls."
                 raise ApiError(403, "AccessDenied", message)
@@ -244,15 +251,26 @@ class _Server:
             language=asr.language,
         )
 
-    def _authorize(self, request: Request) -> None:
-        if self.api_key is None:
-            return
+    def _authorize(self, request: Request) -> str:
+        """Check the bearer key and return it (the quota counts per key)."""
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        key = key.strip()
+        if self.api_key is None:
+            return key
         # compare_digest: the time taken must not tell how much of a guessed key was right.
         if scheme.lower() != "bearer" or not secrets.compare_digest(
-            key.strip().encode(), self.api_key.encode()
+            key.encode(), self.api_key.encode()
         ):
             raise ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
+        return key
+
+    def _admit(self, key: str) -> None:
+        """Count the request against its key's quota, or refuse it as the cloud does."""
+        if self.quota is None:
+            return
+        retry_after = self.quota.admit(key)
+        if retry_after is not None:
+            raise ApiError(429, RATE_QUOTA, RATE_QUOTA_MESSAGE, retry_after_s=retry_after)
 
     async def _body(self, request: Request) -> bytes:
         # Room for one maximal data URI plus the JSON around it; beyond that, stop reading.
@@ -391,16 +409,20 @@ def create_app(
     extra_routes: Sequence[BaseRoute] = (),
     on_finished: Callable[[RequestOutcome], None] | None = None,
     allow_private_hosts: Sequence[str] = (),
+    quota_rpm: int | None = None,
 ) -> Starlette:
     """Build the server around ``engine``; ``api_key=None`` accepts any key.
 
     ``allow_private_hosts`` lists host names and CIDR networks that audio URLs may reach
-    although they are not public (the SSRF guard refuses them otherwise).
+    although they are not public (the SSRF guard refuses them otherwise). ``quota_rpm``
+    enforces the cloud's per-key request quota (:mod:`streams.asr_server.quota`); None or 0
+    leaves requests unlimited.
     """
     limits = FetchLimits(
         max_bytes=max_data_uri_bytes, timeout_s=30.0, allow_private_hosts=tuple(allow_private_hosts)
     )
-    server = _Server(engine, api_key, max_audio_s, max_data_uri_bytes, on_finished, limits)
+    quota = RequestQuota(quota_rpm) if quota_rpm else None
+    server = _Server(engine, api_key, max_audio_s, max_data_uri_bytes, on_finished, limits, quota)
     routes: list[BaseRoute] = [
         Route(NATIVE_PATH, server.native, methods=["POST"]),
         Route(COMPATIBLE_PATH, server.compatible, methods=["POST"]),

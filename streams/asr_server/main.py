@@ -24,6 +24,7 @@ import orjson
 import uvicorn
 from starlette.applications import Starlette
 
+from streams.api_limits import MAX_REQUEST_S
 from streams.asr_server.app import create_app
 from streams.asr_server.scripted import FaultRule, ScriptedConfig, ScriptedEngine, control_routes
 from streams.asr_server.whisper import MODEL_NAMES, WhisperConfig, WhisperEngine, whisper_routes
@@ -39,13 +40,15 @@ def build_app(
     api_key: str | None,
     scripted_config: ScriptedConfig | None = None,
     whisper_config: WhisperConfig | None = None,
-    max_audio_s: float = 300.0,
+    max_audio_s: float = MAX_REQUEST_S,
     allow_private_hosts: Sequence[str] = (),
+    quota_rpm: int | None = None,
 ) -> Starlette:
     """Build the server app for the named engine, with that engine's own extras.
 
     The whisper engine loads its model here, before the app exists, so that a server built
-    from it never answers (not even ``/health``) before it can recognise.
+    from it never answers (not even ``/health``) before it can recognise. ``quota_rpm``
+    refuses a key's requests beyond that many per minute (and per second, RPM/60) with 429.
     """
     if engine_name == "scripted":
         scripted = ScriptedEngine(scripted_config)
@@ -56,6 +59,7 @@ def build_app(
             extra_routes=control_routes(scripted),
             on_finished=scripted.record,
             allow_private_hosts=allow_private_hosts,
+            quota_rpm=quota_rpm,
         )
     if engine_name == "whisper":
         whisper = WhisperEngine(whisper_config)
@@ -66,6 +70,7 @@ def build_app(
             max_audio_s=max_audio_s,
             extra_routes=whisper_routes(whisper),
             allow_private_hosts=allow_private_hosts,
+            quota_rpm=quota_rpm,
         )
     raise ValueError(f"engine must be one of {ENGINES}, got {engine_name!r}")
 
@@ -78,9 +83,10 @@ def serve(
     scripted_config: ScriptedConfig | None = None,
     *,
     whisper_config: WhisperConfig | None = None,
-    max_audio_s: float = 300.0,
+    max_audio_s: float = MAX_REQUEST_S,
     allow_private_hosts: Sequence[str] = (),
     log_level: str = "warning",
+    quota_rpm: int | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT; ``api_key=None`` accepts any key."""
     # uvicorn configures only its own loggers; the server's warnings need a handler too.
@@ -92,6 +98,7 @@ def serve(
         whisper_config=whisper_config,
         max_audio_s=max_audio_s,
         allow_private_hosts=allow_private_hosts,
+        quota_rpm=quota_rpm,
     )
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off"
@@ -137,7 +144,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--api-key", help="key clients must send (default: $DASHSCOPE_API_KEY)")
     parser.add_argument("--no-auth", action="store_true", help="accept any key")
-    parser.add_argument("--max-audio-s", type=float, default=300.0)
+    parser.add_argument("--max-audio-s", type=float, default=MAX_REQUEST_S)
+    parser.add_argument(
+        "--quota-rpm",
+        type=int,
+        default=_env("QUOTA_RPM", "0"),
+        help="refuse a key's requests beyond N per minute, and per second beyond RPM/60, "
+        "with 429 Throttling.RateQuota, as the cloud does (default: $STREAMS_ASR_QUOTA_RPM; "
+        "0, no quota)",
+    )
     parser.add_argument(
         "--allow-private-hosts",
         default=_env("ALLOW_PRIVATE_HOSTS", ""),
@@ -235,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     api_key = None if args.no_auth else (args.api_key or os.environ.get("DASHSCOPE_API_KEY"))
     if not args.no_auth and not api_key:
         parser.error("give --api-key, set DASHSCOPE_API_KEY, or pass --no-auth")
+    if args.quota_rpm < 0:
+        parser.error(f"--quota-rpm must not be negative, got {args.quota_rpm}")
     faults: tuple[dict[str, object], ...] = ()
     if args.faults:
         try:
@@ -268,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         whisper_config=whisper,
         max_audio_s=args.max_audio_s,
         allow_private_hosts=[h for h in args.allow_private_hosts.split(",") if h.strip()],
+        quota_rpm=args.quota_rpm or None,
     )
     return 0
 

@@ -21,6 +21,8 @@ __all__ = [
     "BAD_URL",
     "EMPTY_AUDIO",
     "LANGUAGES",
+    "RATE_QUOTA",
+    "RATE_QUOTA_MESSAGE",
     "ApiError",
     "AsrRequest",
     "CompatibleStream",
@@ -45,6 +47,8 @@ BAD_URL = "The provided URL does not appear to be valid. Ensure it is correctly 
 NO_MESSAGES = 'Either "prompt" or "messages" must exist and cannot both be none.'
 NO_USER = "The input messages do not contain elements with the role of user."
 EMPTY_AUDIO = "The audio is empty"
+RATE_QUOTA = "Throttling.RateQuota"
+RATE_QUOTA_MESSAGE = "Requests rate limit exceeded, please try again later."
 # Stable names and dated snapshots, plus the US region's "-us" variants.
 _MODEL = re.compile(r"qwen3-asr-flash(-\d{4}-\d{2}-\d{2})?(-us)?")
 # One token per CJK character, word, number or punctuation mark: close enough for usage.

@@ -12,9 +12,11 @@ the rule still applies to. Faults: ``401``, ``400``, ``429``, ``500`` (refused b
 stream starts), ``cut`` (connection dropped after ``after_deltas`` pieces), ``slow_first_byte``
 (``delay_s`` more before anything is sent) and ``error_frame_429`` (HTTP 200, then an error
 frame after ``after_deltas`` pieces). ``code`` and ``message`` override the error sent.
-``GET /scripted/journal`` lists recent requests (an entry appears when recognition starts and
-is completed when the reply ends; ``started_at``, ``first_delta_at`` and ``finished_at`` are
-Unix times, so a benchmark can subtract the server's own time) and ``POST /scripted/reset``
+``GET /scripted/journal`` lists recent requests, refused ones included (an entry appears when
+recognition starts and is completed when the reply ends, or when the request is refused;
+``received_at``, ``started_at``, ``first_delta_at`` and ``finished_at`` are Unix times, so a
+benchmark can subtract the server's own time and a quota test can count requests per
+second; ``http_status`` and ``error_code`` say how each ended) and ``POST /scripted/reset``
 clears journal and rules.
 """
 
@@ -291,6 +293,7 @@ class ScriptedEngine:
         if entry is None:
             entry = self._journal[request_id] = {
                 "request_id": request_id,
+                "received_at": None,
                 "endpoint": None,
                 "stream": None,
                 "http_status": None,
