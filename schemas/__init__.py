@@ -9,10 +9,12 @@ from typing import Any
 import jsonschema
 import orjson
 
-__all__ = ["SCHEMA_VERSION", "load", "validator"]
+__all__ = ["RECORDING_VERSIONS", "SCHEMA_VERSION", "load", "validator"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version every event carries; bumped (and noted in the CHANGELOG) on any contract change."""
+RECORDING_VERSIONS = (1, 2)
+"""Recording events the worker accepts: version 2 only added optional fields to version 1."""
 
 
 @cache

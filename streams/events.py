@@ -16,6 +16,8 @@ import jsonschema
 import orjson
 
 import schemas
+from streams.api_limits import MAX_CONTEXT_TOKENS, count_tokens
+from streams.chunking import Plan
 from streams.errors import InvalidEvent, PipelineError
 from streams.netguard import redact_urls
 
@@ -62,6 +64,7 @@ class RecognitionDefaults:
     context: str = ""
     layout: Layout = "mix"
     roles: tuple[str, ...] = ("agent", "customer")
+    mixed_languages: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,9 @@ class Recording:
     context: str
     layout: Layout
     roles: tuple[str, ...]
+    plan: Plan | None = None
+    """The event's request plan (``channels.plan``); None: the worker's setting decides."""
+    mixed_languages: bool = False
     call: dict[str, Any] = field(default_factory=dict)
     original: dict[str, Any] = field(default_factory=dict)
 
@@ -110,9 +116,10 @@ def parse_recording(raw: bytes, defaults: RecognitionDefaults) -> Recording:
     if not isinstance(data, dict):
         raise InvalidEvent(f"recording event must be a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
-    if version != schemas.SCHEMA_VERSION:
+    if version not in schemas.RECORDING_VERSIONS:
+        accepted = " or ".join(map(str, schemas.RECORDING_VERSIONS))
         raise InvalidEvent(
-            f"schema_version must be {schemas.SCHEMA_VERSION}, got {version!r}",
+            f"schema_version must be {accepted}, got {version!r}",
             code="unsupported_schema_version",
         )
     error = jsonschema.exceptions.best_match(schemas.validator("recording").iter_errors(data))
@@ -126,6 +133,12 @@ def parse_recording(raw: bytes, defaults: RecognitionDefaults) -> Recording:
     if recognition.get("hotwords"):
         # The API has one context field; hotwords join it as a glossary line.
         context = "\n".join(filter(None, [context, " ".join(recognition["hotwords"])]))
+    if (tokens := count_tokens(context)) > MAX_CONTEXT_TOKENS:
+        # The API refuses the request with a 400; say so before anything is sent or billed.
+        raise InvalidEvent(
+            f"context and hotwords hold about {tokens} tokens; the API takes at most "
+            f"{MAX_CONTEXT_TOKENS}"
+        )
     return Recording(
         recording_id=data["recording_id"],
         audio_url=data["audio_url"],
@@ -135,6 +148,8 @@ def parse_recording(raw: bytes, defaults: RecognitionDefaults) -> Recording:
         context=context,
         layout=channels.get("layout", defaults.layout),
         roles=tuple(channels.get("roles", defaults.roles)),
+        plan=channels.get("plan"),
+        mixed_languages=recognition.get("mixed_languages", defaults.mixed_languages),
         call=data.get("call", {}),
         original=data,
     )

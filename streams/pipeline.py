@@ -11,21 +11,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import stamina
 
 import schemas
-from streams.chunking import Chunk, ChunkPolicy, max_chunk_seconds, plan_chunks
+from streams.chunking import ChunkPolicy, Plan, Request, max_chunk_seconds, plan_requests
 from streams.config import Settings
-from streams.decode import SAMPLE_RATE, Layout, SpooledAudio, decode_to_files
+from streams.decode import SAMPLE_RATE, SpooledAudio, decode_to_files
+from streams.dualmono import DualMonoDetector
 from streams.encode import encode_data_uri
 from streams.errors import (
     DeadlineExceeded,
@@ -85,34 +87,58 @@ def chunk_policy(settings: Settings) -> ChunkPolicy:
     )
 
 
+@dataclass(frozen=True)
+class _Planned:
+    """A decoded recording and its requests."""
+
+    audio: SpooledAudio
+    requests: list[Request]
+    plan: Plan
+    split: bool
+    """Whether channels are transcribed apart (with roles), after the dual-mono check."""
+
+
 def _decode_and_plan(
     path: Path,
     directory: Path,
     *,
-    layout: Layout,
-    roles_for: Callable[[int], tuple[str | None, ...]],
+    recording: Recording,
+    split_plan: Plan,
     max_duration_s: float,
     policy: ChunkPolicy,
     vad_aggressiveness: int,
-) -> tuple[SpooledAudio, list[Chunk]]:
+) -> _Planned:
     """Decode to per-channel files while the VAD listens, then plan the requests (blocking)."""
     detectors: list[SpeechDetector] = []
+    dual_mono = DualMonoDetector()
 
     def listen(block: Any) -> None:
         if not detectors:
             detectors.extend(SpeechDetector(vad_aggressiveness) for _ in block)
         for detector, row in zip(detectors, block, strict=True):
             detector.feed(row)
+        if recording.layout == "auto":
+            dual_mono.feed(block)
 
+    layout = "mix" if recording.layout == "mix" else "split"
     audio = decode_to_files(
         path, directory, layout=layout, max_duration_s=max_duration_s, on_block=listen
     )
     maps = [detector.finish() for detector in detectors]
-    return audio, plan_chunks(maps, roles_for(len(maps)), policy, sample_rate=audio.sample_rate)
+    roles = _roles(recording, len(maps))
+    if recording.layout == "auto" and dual_mono.same():
+        # The recorder wrote one signal twice: transcribe it once, as a mixed call.
+        log.info("recording %s: both channels carry the same signal", recording.recording_id)
+        maps, roles = maps[:1], (None,)
+    split = any(role is not None for role in roles)
+    plan: Plan = (recording.plan or split_plan) if split else (recording.plan or "packed")
+    requests = plan_requests(maps, roles, policy, plan=plan, sample_rate=audio.sample_rate)
+    return _Planned(audio, requests, plan, split)
 
 
-def _chunk_uri(audio: SpooledAudio, chunk: Chunk) -> str:
-    return encode_data_uri(audio.read(chunk.channel, chunk.start, chunk.end), audio.sample_rate)
+def _request_uri(audio: SpooledAudio, request: Request) -> str:
+    pcm = [audio.read(request.channel, start, end) for start, end in request.stretches]
+    return encode_data_uri(np.concatenate(pcm) if len(pcm) > 1 else pcm[0], audio.sample_rate)
 
 
 def _retry_backoff(exc: Exception) -> bool | float:
@@ -151,6 +177,7 @@ class Pipeline:
             context=settings.context,
             layout=settings.channel_layout,
             roles=settings.channel_roles,
+            mixed_languages=settings.mixed_languages,
         )
         self._limits = fetch_limits(settings)
 
@@ -233,7 +260,7 @@ class Pipeline:
     async def _transcribe(self, recording: Recording, progress: _Progress) -> dict[str, Any]:
         timings: dict[str, Any] = {}
         t = time.perf_counter()
-        # Decoded PCM waits on disk, one raw file per channel; only the chunks in flight are
+        # Decoded PCM waits on disk, one raw file per channel; only the requests in flight are
         # in memory, so a two-hour stereo call costs no more than a short one.
         with contextlib.ExitStack() as cleanup:
             spool = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="streams-")))
@@ -242,64 +269,100 @@ class Pipeline:
                 t = time.perf_counter()
                 # Both caps are checked before the first request: the size by fetch, the
                 # duration by decode, which finishes before anything is sent.
-                audio, chunks = await asyncio.to_thread(
+                planned = await asyncio.to_thread(
                     _decode_and_plan,
                     fetched.path,
                     spool,
-                    layout="mix" if recording.layout == "mix" else "split",
-                    roles_for=lambda channels: _roles(recording, channels),
+                    recording=recording,
+                    split_plan=self._settings.split_plan,
                     max_duration_s=self._settings.max_audio_s,
                     policy=self._policy,
                     vad_aggressiveness=self._settings.vad_aggressiveness,
                 )
             timings["decode_s"] = time.perf_counter() - t
-            return await self._transcribe_chunks(recording, audio, chunks, progress, timings)
+            return await self._transcribe_requests(recording, planned, progress, timings)
 
-    async def _transcribe_chunks(
+    async def _transcribe_requests(
         self,
         recording: Recording,
-        audio: SpooledAudio,
-        chunks: list[Chunk],
+        planned: _Planned,
         progress: _Progress,
         timings: dict[str, Any],
     ) -> dict[str, Any]:
         t = time.perf_counter()
         options = RecognitionOptions(
-            model=recording.model,
+            model=self._settings.model_for_region(recording.model),
             language=recording.language,
             enable_itn=recording.enable_itn,
             context=recording.context,
         )
+        by_channel: dict[int, list[Request]] = {}
+        for request in planned.requests:
+            by_channel.setdefault(request.channel, []).append(request)
+        results: dict[Request, Result] = {}
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._recognize(recording, audio, chunk, options, progress))
-                    for chunk in chunks
-                ]
+                for requests in by_channel.values():
+                    group.create_task(
+                        self._recognize_channel(
+                            recording, planned.audio, requests, options, progress, results
+                        )
+                    )
         except* PipelineError as errors:
             raise errors.exceptions[0] from None
-        results = [task.result() for task in tasks]
         timings["transcribe_s"] = time.perf_counter() - t
         timings["first_delta_s"] = progress.first_delta_s
         timings["total_s"] = time.perf_counter() - progress.started
         log.info(
-            "recording %s: %d requests on %d channel(s), %.1f of %.1f s sent; "
+            "recording %s: %d requests (%s plan) on %d channel(s), %.1f of %.1f s sent; "
             "peak %d requests in flight in the worker (bound %d)",
             recording.recording_id,
-            len(chunks),
-            len(audio.paths),
-            sum(chunk.duration_s for chunk in chunks),
-            audio.duration_s,
+            len(planned.requests),
+            planned.plan,
+            len(by_channel),
+            sum(request.duration_s for request in planned.requests),
+            planned.audio.duration_s,
             self.peak_in_flight,
             self._settings.asr_concurrency,
         )
-        return self._final_event(recording, audio.duration_s, chunks, results, progress, timings)
+        ordered = [(request, results[request]) for request in planned.requests]
+        return self._final_event(recording, planned, ordered, progress, timings)
+
+    async def _recognize_channel(
+        self,
+        recording: Recording,
+        audio: SpooledAudio,
+        requests: list[Request],
+        options: RecognitionOptions,
+        progress: _Progress,
+        results: dict[Request, Result],
+    ) -> None:
+        """Recognise one channel's requests; detect its language once unless told otherwise.
+
+        Short requests detected on their own drift (a two-second English turn came back in
+        Thai), so when the event gives no language and does not say the call mixes languages,
+        the channel's longest speech goes first and its language is given to the rest.
+        """
+        rest = requests
+        if options.language is None and not recording.mixed_languages and len(requests) > 1:
+            leader = max(requests, key=lambda r: r.speech_s)
+            results[leader] = await self._recognize(recording, audio, leader, options, progress)
+            rest = [r for r in requests if r is not leader]
+            if results[leader].language:
+                options = dataclasses.replace(options, language=results[leader].language)
+
+        async def one(request: Request) -> None:
+            results[request] = await self._recognize(recording, audio, request, options, progress)
+
+        async with asyncio.TaskGroup() as group:
+            for request in rest:
+                group.create_task(one(request))
 
     async def _recognize(
         self,
         recording: Recording,
         audio: SpooledAudio,
-        chunk: Chunk,
+        request: Request,
         options: RecognitionOptions,
         progress: _Progress,
     ) -> Result:
@@ -316,15 +379,15 @@ class Pipeline:
                 attempt += 1
                 try:
                     result = await self._stream_once(
-                        recording, audio, chunk, options, progress, attempt
+                        recording, audio, request, options, progress, attempt
                     )
                 except TransientError as exc:
                     progress.last_error = exc
                     log.info(
-                        "recording %s chunk %d.%d attempt %d: %s",
+                        "recording %s request %d.%d attempt %d: %s",
                         recording.recording_id,
-                        chunk.channel,
-                        chunk.index,
+                        request.channel,
+                        request.index,
                         attempt,
                         exc.message,
                     )
@@ -336,16 +399,16 @@ class Pipeline:
         self,
         recording: Recording,
         audio: SpooledAudio,
-        chunk: Chunk,
+        request: Request,
         options: RecognitionOptions,
         progress: _Progress,
         attempt: int,
     ) -> Result:
-        # The chunk is read and encoded only once it holds a slot, and dropped when the slot
-        # is given back: audio in memory is bounded by asr_concurrency, whatever the backlog.
+        # The audio is read and encoded only once the request holds a slot, and dropped when
+        # the slot is given back: audio in memory is bounded by asr_concurrency.
         async with self._slots:
             with self._holding_slot():
-                audio_uri = await asyncio.to_thread(_chunk_uri, audio, chunk)
+                audio_uri = await asyncio.to_thread(_request_uri, audio, request)
                 progress.attempts += 1
                 text = ""
                 async with contextlib.aclosing(self._backend.stream(audio_uri, options)) as stream:
@@ -359,10 +422,10 @@ class Pipeline:
                             recording.recording_id,
                             attempt=attempt,
                             sequence=progress.sequence,
-                            channel=chunk.channel,
-                            role=chunk.role,
-                            chunk_index=chunk.index,
-                            chunk_start_s=chunk.start_s,
+                            channel=request.channel,
+                            role=request.role,
+                            chunk_index=request.index,
+                            chunk_start_s=request.start_s,
                             delta=item.text,
                             text=text,
                         )
@@ -381,36 +444,40 @@ class Pipeline:
     def _final_event(
         self,
         recording: Recording,
-        audio_seconds: float,
-        chunks: list[Chunk],
-        results: list[Result],
+        planned: _Planned,
+        results: list[tuple[Request, Result]],
         progress: _Progress,
         timings: dict[str, Any],
     ) -> dict[str, Any]:
         segments = []
-        for chunk, result in zip(chunks, results, strict=True):
+        for request, result in results:
             text = result.text.strip()
             if not text:
                 continue
-            segments.append(
-                {
-                    "channel": chunk.channel,
-                    "role": chunk.role,
-                    "start_s": round(chunk.start_s, 3),
-                    "end_s": round(chunk.end_s, 3),
-                    "text": text,
-                    "language": result.language,
-                    "emotion": result.emotion,
-                }
-            )
+            segment = {
+                "channel": request.channel,
+                "role": request.role,
+                "start_s": round(request.start_s, 3),
+                "end_s": round(request.end_s, 3),
+                "text": text,
+                "language": result.language,
+                "emotion": result.emotion,
+                "stretches": [
+                    [round(a / request.sample_rate, 3), round(b / request.sample_rate, 3)]
+                    for a, b in request.stretches
+                ],
+            }
+            if result.truncated:
+                segment["truncated"] = True
+            segments.append(segment)
         segments.sort(key=lambda s: (s["start_s"], s["channel"]))
-        split = any(chunk.role is not None for chunk in chunks)
-        turns = _turns(segments) if split else []
-        if split:
+        turns = _turns(segments) if planned.split else []
+        if planned.split:
             text = "\n".join(f"{turn['role']}: {turn['text']}" for turn in turns)
         else:
             text = " ".join(s["text"] for s in segments)
-        billed = sum(result.billed_seconds for result in results)
+        billed = sum(result.billed_seconds for _, result in results)
+        requests = [request for request, _ in results]
         return {
             "schema_version": schemas.SCHEMA_VERSION,
             "type": "final",
@@ -421,13 +488,15 @@ class Pipeline:
             "emotion": _most_common(s["emotion"] for s in segments),
             "segments": segments,
             "turns": turns,
-            "audio_seconds": round(audio_seconds, 3),
-            "sent_seconds": round(sum(chunk.duration_s for chunk in chunks), 3),
+            "plan": planned.plan,
+            "audio_seconds": round(planned.audio.duration_s, 3),
+            "speech_seconds": round(sum(r.speech_s for r in requests), 3),
+            "sent_seconds": round(sum(r.duration_s for r in requests), 3),
             "billed_seconds": billed,
             "estimated_cost_usd": round(billed * self._settings.price_per_second_usd, 6),
             "backend": self._backend.name,
             "model": recording.model,
-            "request_ids": [r.request_id for r in results if r.request_id],
+            "request_ids": [r.request_id for _, r in results if r.request_id],
             "attempts": max(progress.attempts, 1),
             "timings": {k: (round(v, 4) if v is not None else None) for k, v in timings.items()},
             "call": recording.call,

@@ -90,7 +90,7 @@ CASES = [
     Case(
         "unknown-schema-version",
         "unsupported_schema_version",
-        lambda c: {**c.file("bad-v2", "good.wav"), "schema_version": 2},
+        lambda c: {**c.file("bad-v3", "good.wav"), "schema_version": 3},
     ),
     Case(
         "schema-version-as-text",

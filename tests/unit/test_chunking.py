@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streams.chunking import ChunkPolicy, SpeechMap, max_chunk_seconds, plan_chunks, plan_spans
+from streams.chunking import (
+    ChunkPolicy,
+    SpeechMap,
+    max_chunk_seconds,
+    plan_requests,
+    plan_spans,
+)
 from streams.decode import SAMPLE_RATE, decode_sync
 from streams.encode import encode_data_uri
 from streams.vad import FRAME_SAMPLES, SpeechDetector
@@ -112,7 +118,9 @@ def test_chunks_carry_channel_role_and_timeline() -> None:
     """Chunks of a two-channel plan carry their channel's role and absolute times."""
     left = _map("#" * 10 + "." * 40)
     right = _map("." * 30 + "#" * 10 + "." * 10)
-    chunks = plan_chunks([left, right], ("agent", "customer"), _policy(), sample_rate=SAMPLE_RATE)
+    chunks = plan_requests(
+        [left, right], ("agent", "customer"), _policy(), plan="stretches", sample_rate=SAMPLE_RATE
+    )
     assert [(c.channel, c.role, c.index) for c in chunks] == [(0, "agent", 0), (1, "customer", 0)]
     assert chunks[1].start_s == pytest.approx(30 * FRAME_S)
     assert chunks[1].end_s == pytest.approx(40 * FRAME_S)
