@@ -1,4 +1,4 @@
-"""Plan recognition requests: speech stretches from the VAD, grouped into requests within the API's limits.
+"""Plan recognition requests: speech stretches from the VAD, grouped into requests within limits.
 
 The plan works on a :class:`SpeechMap` per channel (a speech flag and a level per VAD frame)
 and returns :class:`Request` objects whose stretches are sample ranges on the call's timeline:
@@ -82,6 +82,19 @@ class Request:
     speech_s: float = 0.0
     """Seconds inside the stretches that the VAD called speech (pauses shorter than the
     silence threshold included, padding excluded)."""
+    speech_bounds: tuple[int, int] | None = None
+    """Samples where the request's speech starts and ends on the call's timeline (padding
+    excluded); None: the stretches' own bounds."""
+
+    @property
+    def speech_start_s(self) -> float:
+        """Where the request's speech starts on the call's timeline (a turn's start)."""
+        return (self.speech_bounds or (self.start, self.end))[0] / self.sample_rate
+
+    @property
+    def speech_end_s(self) -> float:
+        """Where the request's speech ends on the call's timeline (a turn's end)."""
+        return (self.speech_bounds or (self.start, self.end))[1] / self.sample_rate
 
     @property
     def start(self) -> int:
@@ -204,6 +217,7 @@ def plan_requests(
                     stretches=tuple((s.start, s.end) for s in trimmed),
                     sample_rate=sample_rate,
                     speech_s=sum(s.speech_end - s.speech_start for s in trimmed) / sample_rate,
+                    speech_bounds=(trimmed[0].speech_start, trimmed[-1].speech_end),
                 )
             )
     return requests
@@ -249,6 +263,8 @@ def _stretches(speech_map: SpeechMap, policy: ChunkPolicy, *, sample_rate: int) 
                 if piece_end <= frames[-1][1]:
                     # Its speech lies inside the previous stretch's padding: no request that
                     # the VAD kept only as padding.
+                    longest = frames[-1][0] + max_frames + 2 * pad
+                    frames[-1][1] = max(frames[-1][1], min(last, longest))
                     frames[-1][3] = max(frames[-1][3], piece_end)
                     continue
                 first = frames[-1][1]  # pads of neighbours cut by a short silence may meet

@@ -457,8 +457,8 @@ class Pipeline:
             segment = {
                 "channel": request.channel,
                 "role": request.role,
-                "start_s": round(request.start_s, 3),
-                "end_s": round(request.end_s, 3),
+                "start_s": round(request.speech_start_s, 3),
+                "end_s": round(request.speech_end_s, 3),
                 "text": text,
                 "language": result.language,
                 "emotion": result.emotion,

@@ -33,6 +33,7 @@ __all__ = [
     "english_clips",
     "make_format",
     "manifest",
+    "speech_bounds",
     "stereo_call",
     "transcode",
     "video_only",
@@ -93,6 +94,22 @@ class Utterance:
     end_s: float
     clip: str
     reference: str
+    speech_start_s: float = 0.0
+    """Where the clip's words start on the call (its leading silence skipped)."""
+    speech_end_s: float = 0.0
+    """Where the clip's words end on the call (its trailing silence skipped)."""
+
+
+def speech_bounds(pcm: np.ndarray, *, below_peak_db: float = 35.0) -> tuple[float, float]:
+    """Seconds from the start of ``pcm`` (16 kHz) to its first and past its last audible 10 ms.
+
+    Audible: within ``below_peak_db`` of the loudest 10 ms, a truth for test clips recorded
+    in quiet rooms that owes nothing to the VAD under test.
+    """
+    frames = pcm[: len(pcm) // 160 * 160].astype(np.float64).reshape(-1, 160)
+    level = 10 * np.log10(np.mean(frames**2, axis=1) + 1e-9)
+    loud = np.flatnonzero(level >= level.max() - below_peak_db)
+    return loud[0] * 0.01, (loud[-1] + 1) * 0.01
 
 
 def english_clips() -> dict[str, tuple[np.ndarray, str]]:
@@ -132,8 +149,17 @@ def stereo_call(
     utterances placed.
     """
     clips = english_clips()
+    bounds = {name: speech_bounds(pcm) for name, (pcm, _) in clips.items()}
     placed = [
-        Utterance(ch, start, start + len(clips[name][0]) / 16_000, name, clips[name][1])
+        Utterance(
+            ch,
+            start,
+            start + len(clips[name][0]) / 16_000,
+            name,
+            clips[name][1],
+            start + bounds[name][0],
+            start + bounds[name][1],
+        )
         for ch, start, name in script
     ]
     length = int((max(u.end_s for u in placed) + tail_s) * 16_000)

@@ -8,13 +8,17 @@ order, start where its speech starts, and say what its clip says.
 
 from __future__ import annotations
 
+import collections
+import math
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from streams.decode import decode_sync
 from tests.audio import asset, stereo_call, write_wav
 from tests.benchmarks.bench_whisper_server import WhisperServer, error_rate, run_whisper_server
 from tests.fixtures.kafka import make_topics
@@ -96,7 +100,9 @@ async def test_a_stereo_call_becomes_turns_with_roles_in_order(
     stack.start_worker()
     try:
         events = await _run(
-            stack, [_event("call", path, layout="split", roles=["agent", "customer"])], 180
+            stack,
+            [_event("call", path, layout="split", roles=["agent", "customer"], plan="turns")],
+            180,
         )
     finally:
         stack.workers[0].stop()
@@ -108,11 +114,24 @@ async def test_a_stereo_call_becomes_turns_with_roles_in_order(
     assert [t["role"] for t in turns] == roles
     assert [t["channel"] for t in turns] == [u.channel for u in placed]
     for turn, utterance in zip(turns, placed, strict=True):
-        # Turn times are those of the request: the speech plus the VAD's padding.
-        assert turn["start_s"] == pytest.approx(utterance.start_s, abs=0.5)
-        assert turn["end_s"] == pytest.approx(utterance.end_s, abs=0.6)
-        wer = error_rate(utterance.reference, turn["text"], "en")
-        assert wer <= 0.25, f"{utterance.clip}: {turn['text']!r}"
+        # Turn times are the speech the VAD found, without the padding sent around it: the
+        # README's ±0.2 s (the clips' own leading and trailing silence counts as not speech).
+        assert turn["start_s"] == pytest.approx(utterance.speech_start_s, abs=0.2)
+        assert turn["end_s"] == pytest.approx(utterance.speech_end_s, abs=0.2)
+    # Recognised text is held to a margin over the whole call, not per five-word turn: int8
+    # kernels differ by CPU, and one word in five is already 0.2. Each turn must still carry
+    # its own utterance (it shares more words with it than with any other), so the order of
+    # the conversation is checked on the text too.
+    call_wer = error_rate(
+        " ".join(u.reference for u in placed), " ".join(t["text"] for t in turns), "en"
+    )
+    assert call_wer <= 0.15, [t["text"] for t in turns]
+    for turn, utterance in zip(turns, placed, strict=True):
+        own = error_rate(utterance.reference, turn["text"], "en")
+        others = [
+            error_rate(u.reference, turn["text"], "en") for u in placed if u.clip != utterance.clip
+        ]
+        assert own < min(others), f"{utterance.clip}: {turn['text']!r}"
     assert final["text"] == "\n".join(f"{t['role']}: {t['text']}" for t in turns)
     assert [s["start_s"] for s in final["segments"]] == sorted(
         s["start_s"] for s in final["segments"]
@@ -130,7 +149,12 @@ async def test_layouts_and_roles_follow_the_event_then_the_settings(
     call, placed = stereo_call(SCRIPT)
     stereo = write_wav(stack.tmp / "call.wav", call)
     mono = asset("en_speechbrain_harvard_birch_canoe.wav")
-    stack.start_worker(STREAMS_CHANNEL_LAYOUT="auto", STREAMS_CHANNEL_ROLES="rep,caller")
+    # Turns follow from the plan; the turns plan gives one per utterance of the script.
+    stack.start_worker(
+        STREAMS_CHANNEL_LAYOUT="auto",
+        STREAMS_CHANNEL_ROLES="rep,caller",
+        STREAMS_SPLIT_PLAN="turns",
+    )
     events = await _run(
         stack,
         [
@@ -166,3 +190,105 @@ async def test_layouts_and_roles_follow_the_event_then_the_settings(
     split_mono = events["mono-split"]
     assert [t["role"] for t in split_mono["turns"]] == ["customer"]
     assert split_mono["text"].startswith("customer: ")
+
+
+def _requests_with(server: Any, context: str) -> list[dict[str, Any]]:
+    """The scripted server's journal entries of one test's requests, in arrival order."""
+    entries = [e for e in server.journal() if e.get("context") == context]
+    return sorted(entries, key=lambda e: e.get("received_at") or e.get("started_at") or 0)
+
+
+def _plain_event(recording_id: str, path: Path, context: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "schema_version": 2,
+        "recording_id": recording_id,
+        "audio_url": path.as_uri(),
+        "recognition": {"context": context, **fields.pop("recognition", {})},
+        **fields,
+    }
+
+
+async def test_a_packed_split_call_sends_one_request_per_channel(
+    stack: Stack, scripted_server: Any
+) -> None:
+    """packed: each channel's stretches travel in one request, mapped back to the call."""
+    call, placed = stereo_call(SCRIPT)
+    path = write_wav(stack.tmp / "call.wav", call)
+    context = f"packed-{uuid.uuid4().hex[:8]}"
+    stack.start_worker()
+    event = _plain_event("packed", path, context, channels={"layout": "split", "plan": "packed"})
+    final = (await _run(stack, [event], 90))["packed"]
+    assert final["type"] == "final", final
+    assert final["plan"] == "packed"
+    requests = _requests_with(scripted_server, context)
+    assert len(requests) == 2
+    assert [s["channel"] for s in sorted(final["segments"], key=lambda s: s["channel"])] == [0, 1]
+    for segment in final["segments"]:
+        utterances = [u for u in placed if u.channel == segment["channel"]]
+        # One stretch per utterance (they are seconds apart), each holding its words.
+        assert len(segment["stretches"]) == len(utterances)
+        for (start, end), utterance in zip(segment["stretches"], utterances, strict=True):
+            assert start <= utterance.speech_start_s + 0.05
+            assert end >= utterance.speech_end_s - 0.05
+    # Billed per request, rounded up: at most one second per channel above what was sent.
+    sent = final["sent_seconds"]
+    assert sent <= final["billed_seconds"] <= sent + 2
+    assert final["billed_seconds"] == sum(math.ceil(e["audio_s"]) for e in requests)
+    assert final["speech_seconds"] <= sent
+
+
+async def test_dual_mono_stereo_is_transcribed_once_under_auto(
+    stack: Stack, scripted_server: Any
+) -> None:
+    """A recorder that writes the mix twice: auto sends one channel; split still sends both."""
+    pcm = decode_sync(asset("en_speechbrain_harvard_birch_canoe.wav")).channels[0]
+    path = write_wav(stack.tmp / "dual-mono.wav", np.stack([pcm, pcm]))
+    context = f"dual-{uuid.uuid4().hex[:8]}"
+    stack.start_worker(STREAMS_CHANNEL_LAYOUT="auto")
+    events = await _run(
+        stack,
+        [
+            _plain_event("dual-auto", path, context + "-auto"),
+            _plain_event("dual-split", path, context + "-split", channels={"layout": "split"}),
+        ],
+        60,
+    )
+    auto, split = events["dual-auto"], events["dual-split"]
+    assert auto["turns"] == []
+    assert {s["channel"] for s in auto["segments"]} == {0}
+    assert len(_requests_with(scripted_server, context + "-auto")) == 1
+    assert {s["channel"] for s in split["segments"]} == {0, 1}
+    assert len(_requests_with(scripted_server, context + "-split")) == 2
+    assert auto["billed_seconds"] * 2 == split["billed_seconds"]
+
+
+async def test_a_channels_language_is_detected_once_unless_the_call_mixes_them(
+    stack: Stack, scripted_server: Any
+) -> None:
+    """With no language given, a channel's longest request detects it and the others get it."""
+    call, placed = stereo_call(SCRIPT)
+    path = write_wav(stack.tmp / "call.wav", call)
+    context = f"lang-{uuid.uuid4().hex[:8]}"
+    stack.start_worker()
+    turns = {"layout": "split", "plan": "turns"}
+    await _run(
+        stack,
+        [
+            _plain_event("one-language", path, context + "-one", channels=turns),
+            _plain_event(
+                "mixed",
+                path,
+                context + "-mixed",
+                channels=turns,
+                recognition={"mixed_languages": True},
+            ),
+        ],
+        90,
+    )
+    one = _requests_with(scripted_server, context + "-one")
+    assert len(one) == len(placed)  # a request per turn
+    # Each channel's leader goes first, alone, and detects; every other request names its result.
+    assert one[0]["language"] is None
+    assert collections.Counter(e["language"] for e in one) == {None: 2, "en": len(placed) - 2}
+    mixed = _requests_with(scripted_server, context + "-mixed")
+    assert [e["language"] for e in mixed] == [None] * len(placed)

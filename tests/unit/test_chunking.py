@@ -177,3 +177,90 @@ def test_dither_below_the_floor_is_never_speech() -> None:
     speech_map = _speech_map(quiet)
     assert not speech_map.speech.any()
     assert plan_spans(speech_map, ChunkPolicy(), sample_rate=SAMPLE_RATE) == []
+
+
+def _plan(maps: list[SpeechMap], plan: str, **policy: float) -> list:
+    roles = ("agent", "customer")[: len(maps)] if len(maps) > 1 else (None,)
+    return plan_requests(maps, roles, _policy(**policy), plan=plan, sample_rate=SAMPLE_RATE)
+
+
+def _stretch_frames(request) -> list[tuple[int, int]]:
+    return _frames(list(request.stretches))
+
+
+def test_packed_carries_a_channels_stretches_in_one_request_and_maps_back() -> None:
+    """Three stretches of one channel travel in one request; its audio holds no long silence,
+    and a time inside the request maps back to the call timeline through the stretches."""
+    pattern = "#" * 10 + "." * 30 + "#" * 10 + "." * 30 + "#" * 10
+    [request] = _plan([_map(pattern)], "packed")
+    assert _stretch_frames(request) == [(0, 10), (40, 50), (80, 90)]
+    assert request.duration_s == pytest.approx(30 * FRAME_S)
+    assert request.speech_s == pytest.approx(30 * FRAME_S)
+    # 15 frames into the request's audio is 5 frames into the second stretch.
+    assert request.call_time(15 * FRAME_S) == pytest.approx(45 * FRAME_S)
+    assert (request.start_s, request.end_s) == pytest.approx((0.0, 90 * FRAME_S))
+
+
+def test_packed_fills_requests_up_to_the_limit_in_order() -> None:
+    """Stretches fill a request until the next would pass the limit; none is split or reordered."""
+    pattern = ("#" * 10 + "." * 20) * 5
+    requests = _plan([_map(pattern)], "packed", max_chunk_s=25 * FRAME_S)
+    assert [_stretch_frames(r) for r in requests] == [
+        [(0, 10), (30, 40)],
+        [(60, 70), (90, 100)],
+        [(120, 130)],
+    ]
+    assert [r.index for r in requests] == [0, 1, 2]
+
+
+def test_turns_split_where_the_other_party_speaks_and_nowhere_else() -> None:
+    """The agent's stretches travel together until the customer's speech comes between them."""
+    agent = _map("#" * 10 + "." * 20 + "#" * 10 + "." * 60 + "#" * 10 + "." * 20)
+    customer = _map("." * 50 + "#" * 40 + "." * 40)
+    requests = _plan([agent, customer], "turns", backchannel_s=5 * FRAME_S)
+    assert [(r.role, _stretch_frames(r)) for r in requests] == [
+        ("agent", [(0, 10), (30, 40)]),
+        ("agent", [(100, 110)]),
+        ("customer", [(50, 90)]),
+    ]
+
+
+def test_a_backchannel_does_not_end_the_other_partys_turn() -> None:
+    """A short "mm-hm" on the listening channel leaves the speaker's turn in one request."""
+    agent = _map("#" * 30 + "." * 20 + "#" * 30)
+    customer = _map("." * 35 + "##" + "." * 43)
+    requests = _plan([agent, customer], "turns", backchannel_s=5 * FRAME_S)
+    assert [(r.role, _stretch_frames(r)) for r in requests] == [
+        ("agent", [(0, 30), (50, 80)]),
+        ("customer", [(35, 37)]),
+    ]
+
+
+def test_stretches_plan_sends_one_request_per_stretch() -> None:
+    """The old behaviour, kept for comparison in the benchmarks."""
+    pattern = "#" * 10 + "." * 30 + "#" * 10
+    assert len(_plan([_map(pattern)], "stretches")) == 2
+
+
+def test_no_request_carries_only_padding() -> None:
+    """Speech that lies inside its neighbour's padding joins the neighbour's request."""
+    # Silence threshold 3 frames, padding 8: the second region (2 frames) starts 4 frames
+    # after the first ends, so the first's padding covers it whole.
+    pattern = "#" * 10 + "...." + "##" + "." * 40
+    spans = plan_spans(
+        _map(pattern), _policy(silence_s=3 * FRAME_S, pad_s=8 * FRAME_S), sample_rate=SAMPLE_RATE
+    )
+    assert _frames(spans) == [(0, 24)]
+
+
+def test_outer_padding_is_trimmed_when_that_saves_a_billed_second() -> None:
+    """3.1 s of audio bills 4 s; trimming 0.1 s of padding (never below min_pad_s) bills 3."""
+    frames_per_s = SAMPLE_RATE / FRAME_SAMPLES  # 33.3 frames
+    speech = round(2.7 * frames_per_s)  # 90 frames = 2.7 s, padded by 0.2 s each side = 3.1 s
+    pattern = "." * 20 + "#" * speech + "." * 20
+    [request] = _plan([_map(pattern)], "packed", pad_s=0.2, min_pad_s=0.05)
+    assert request.duration_s <= 3.0
+    assert request.duration_s >= 2.7 + 2 * 0.05 - 1e-9
+    # Where trimming cannot reach the second below, the padding stays whole.
+    [kept] = _plan([_map(pattern)], "packed", pad_s=0.2, min_pad_s=0.18)
+    assert kept.duration_s == pytest.approx(2.7 + 0.4, abs=0.031)
