@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import faust
 import httpx
+from faust.types import TP
 
 from streams.config import Settings
 from streams.fetch import fetch_client
@@ -15,7 +16,7 @@ from streams.idempotency import Ledger, LedgerPublisher
 from streams.metrics import MeteredBackend, MeteredPublisher, Metrics, add_metrics_page
 from streams.pipeline import Pipeline, fetch_limits
 from streams.publish import TopicNames
-from streams.ratelimit import RateLimitedBackend, RequestLimiter
+from streams.ratelimit import RateLimitedBackend, RequestLimiter, Share, SlotPlan
 from streams.transcribe import DashScopeBackend, OpenAIBackend, RecognitionBackend, asr_client
 
 __all__ = ["FaustSender", "Runtime", "create_app"]
@@ -54,6 +55,11 @@ class Runtime:
         self.metrics = metrics if metrics is not None else Metrics()
         self._sender = sender
         self._ledger = ledger
+        # The worker's share of the account's quota: created before the first rebalance,
+        # which hands it the partitions whose time slots it may send in.
+        self.limiter = RequestLimiter(
+            SlotPlan(settings.asr_requests_per_minute, settings.topic_partitions)
+        )
         self._http: httpx.AsyncClient | None = None
         self._fetch_http: httpx.AsyncClient | None = None
         self._pipeline: Pipeline | None = None
@@ -82,8 +88,9 @@ class Runtime:
             )
             backend = MeteredBackend(backend, self.metrics)
             # Outermost, so that every request (retries and re-sends after a 429 included)
-            # waits for the worker-wide rate, and a 429 pauses all of them (ratelimit.py).
-            backend = RateLimitedBackend(backend, RequestLimiter(s.asr_requests_per_minute))
+            # waits for a slot of the worker's partitions, and a 429 pauses all of them
+            # (ratelimit.py).
+            backend = RateLimitedBackend(backend, self.limiter)
             topics = TopicNames(partial=s.topic_partial, final=s.topic_final, failed=s.topic_failed)
             # Audio downloads get their own guarded client: it never carries the API key and
             # connects only to the addresses the SSRF guard checked.
@@ -101,6 +108,17 @@ class Runtime:
                 s.asr_model,
             )
         return self._pipeline
+
+    def hold_partitions(self, partitions: Iterable[int]) -> Share:
+        """Split the quota again: the worker now holds ``partitions`` of the recordings topic."""
+        share = self.limiter.assign(partitions)
+        self.metrics.rate_share_partitions.set(len(share.partitions))
+        self.metrics.rate_share_rpm.set(share.requests_per_minute)
+        return share
+
+    def release_partitions(self, partitions: Iterable[int]) -> Share:
+        """Give up the slots of revoked ``partitions`` of the recordings topic."""
+        return self.hold_partitions(set(self.limiter.share.partitions) - set(partitions))
 
     async def close(self) -> None:
         """Close the HTTP clients."""
@@ -137,7 +155,8 @@ def create_app(settings: Settings) -> faust.App:
         stream_processing_timeout=settings.recording_deadline_s + 60.0,
         broker_commit_livelock_soft_timeout=settings.recording_deadline_s + 60.0,
     )
-    recordings = app.topic(settings.topic_recordings, key_type=bytes, value_type=bytes)
+    recordings_name = settings.topic_recordings
+    recordings = app.topic(recordings_name, key_type=bytes, value_type=bytes)
     outputs = {
         name: app.topic(name, key_type=bytes, value_type=bytes)
         for name in (settings.topic_partial, settings.topic_final, settings.topic_failed)
@@ -158,6 +177,18 @@ def create_app(settings: Settings) -> faust.App:
     async def _forget_expired_outcomes() -> None:
         if forgotten := ledger.forget_expired():
             log.info("forgot %d recording outcomes older than the retention", forgotten)
+
+    # The quota follows the partitions (ratelimit.py). faust sends "revoked" only once the
+    # in-flight recordings of the old assignment are done, and the eager rebalance protocol
+    # hands a partition to its next owner only after every member revoked: the slots of two
+    # workers never overlap. "assigned" carries the whole new assignment, tables' included.
+    @app.on_partitions_revoked.connect
+    async def _release_rate_share(app: faust.App, revoked: set[TP], **kwargs: object) -> None:
+        runtime.release_partitions(tp.partition for tp in revoked if tp.topic == recordings_name)
+
+    @app.on_partitions_assigned.connect
+    async def _split_rate_share(app: faust.App, assigned: set[TP], **kwargs: object) -> None:
+        runtime.hold_partitions(tp.partition for tp in assigned if tp.topic == recordings_name)
 
     @app.on_before_shutdown.connect
     async def _close_runtime(app: faust.App, **kwargs: object) -> None:

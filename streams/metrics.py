@@ -116,6 +116,18 @@ class Metrics:
         self.partial_events = Counter(
             "streams_partial_events", "Partial transcript events published.", registry=r
         )
+        self.rate_share_partitions = Gauge(
+            "streams_asr_rate_share_partitions",
+            "Partitions of the recordings topic this worker holds, whose time slots it may "
+            "send recognition requests in (streams/ratelimit.py).",
+            registry=r,
+        )
+        self.rate_share_rpm = Gauge(
+            "streams_asr_rate_share_requests_per_minute",
+            "This worker's share of the account's request quota: the quota times the "
+            "partitions it holds over all partitions.",
+            registry=r,
+        )
         # Zero-valued series from the start, so dashboards and rate() see them before work.
         for code in sorted(_error_codes()):
             self.failed.labels(code=code)
