@@ -3,18 +3,27 @@
 A backend streams one chunk of audio (a ``data:`` URI) and yields :class:`Delta` pieces as they
 arrive, then one :class:`Result`. Protocol and HTTP failures are translated here, once, into
 the pipeline's errors (streams/errors.py); retrying is the caller's business.
+
+Error replies come in three shapes (dashscope-protocol.md §3): a JSON body under the real
+status; an SSE body under the real status (the cloud's answer to an SSE request refused
+before its stream starts), whose first ``data:`` line is the error; and, once a stream has
+started, an ``event:error`` frame whose status is only in the ``:HTTP_STATUS/nnn`` comment
+before it. httpx-sse drops comments, so the stream is decoded here with httpx-sse's own
+decoder and the comment kept alongside each event.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
 import orjson
-from httpx_sse import EventSource, SSEError, aconnect_sse
+from httpx_sse import SSEError, aconnect_sse
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 from streams.errors import (
     PipelineError,
@@ -68,6 +77,7 @@ class Result:
     emotion: str | None = None
     billed_seconds: int = 0
     request_id: str | None = None
+    """The API's request id: the ``x-request-id`` header, never compatible mode's chatcmpl id."""
     annotations: list[dict[str, Any]] = field(default_factory=list)
     truncated: bool = False
     """The recogniser stopped at its output limit (``finish_reason: "length"``)."""
@@ -83,7 +93,8 @@ class RecognitionBackend(Protocol):
         ...
 
 
-# DashScope error codes that do not follow from the HTTP status alone.
+# DashScope error codes that do not follow from the HTTP status alone (a stream error frame
+# may come without its status, and Arrearage is a 400 that no retry or edit can fix).
 _CODE_ERRORS: dict[str, type[PipelineError]] = {
     "InvalidApiKey": RecognitionUnauthorized,
     "AccessDenied": RecognitionUnauthorized,
@@ -92,7 +103,14 @@ _CODE_ERRORS: dict[str, type[PipelineError]] = {
     "DataInspectionFailed": RecognitionRejected,
     "ModelNotFound": RecognitionRejected,
     "InternalError": RecognitionUnavailable,
+    "SystemError": RecognitionUnavailable,
+    "ModelServingError": RecognitionUnavailable,  # "resources saturated, try again later"
+    "ModelUnavailable": RecognitionUnavailable,
+    "RequestTimeOut": RecognitionTimeout,
+    "limit_requests": RecognitionThrottled,  # compatible mode's rate limit
 }
+# The status comment DashScope puts before each SSE event: ``:HTTP_STATUS/429``.
+_STATUS_COMMENT = re.compile(r":HTTP_STATUS/(\d{3})\s*")
 
 
 def asr_client(
@@ -175,7 +193,7 @@ class _SSEBackend:
                 self._client, "POST", self._url, content=body, headers=headers
             ) as source:
                 await _raise_for_reply(source.response)
-                async for item in self._frames(source):
+                async for item in self._frames(source.response):
                     received = True
                     yield item
         except httpx.TimeoutException as exc:
@@ -188,36 +206,104 @@ class _SSEBackend:
             ) from exc
         except (httpx.TransportError, SSEError) as exc:
             # httpx-sse's SSEError subclasses TransportError; both mean the connection broke.
+            # (A wrong content type, its other use, is refused by _raise_for_reply first.)
             if received:
                 raise RecognitionStreamCut(f"stream broke mid-way: {exc!r}") from exc
             raise RecognitionUnavailable(f"cannot reach the recogniser: {exc!r}") from exc
 
-    def _frames(self, source: EventSource) -> AsyncIterator[Delta | Result]:
+    def _frames(self, response: httpx.Response) -> AsyncIterator[Delta | Result]:
         raise NotImplementedError
 
 
 async def _raise_for_reply(response: httpx.Response) -> None:
+    """Let a 200 event stream through; map any other reply to its pipeline error."""
     content_type = response.headers.get("content-type", "")
-    if response.status_code == 200 and "text/event-stream" in content_type:
+    sse = "text/event-stream" in content_type
+    if response.status_code == 200 and sse:
         return
     raw = await response.aread()
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        payload = {}
-    error = payload.get("error") if isinstance(payload.get("error"), dict) else payload
-    code = error.get("code") if isinstance(error, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
     if response.status_code == 200:
         raise RecognitionProtocolError(
             f"expected an event stream, got {content_type!r}: {raw[:200]!r}"
         )
+    error = _error_object(_first_sse_data(raw) if sse else raw)
+    code, message = error.get("code"), error.get("message")
     raise error_from_reply(
         response.status_code,
         str(code) if code else None,
         str(message or raw[:200].decode(errors="replace")),
         response.headers.get("retry-after"),
     )
+
+
+def _first_sse_data(raw: bytes) -> bytes:
+    """The first ``data:`` line of an SSE-bodied error reply: the error, as the SDK reads it."""
+    for line in raw.splitlines():
+        if line.startswith(b"data:"):
+            return line[len(b"data:") :].strip()
+    return b""
+
+
+def _error_object(raw: bytes) -> dict[str, Any]:
+    """The error in a reply body: DashScope's flat ``{code, message}`` or OpenAI's ``{error}``."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(payload, dict):
+        return {}
+    error = payload.get("error")
+    return error if isinstance(error, dict) else payload
+
+
+@dataclass(frozen=True)
+class _Event:
+    """One SSE event and the status of the ``:HTTP_STATUS/nnn`` comment before it, if any."""
+
+    event: str
+    data: str
+    status: int | None
+
+
+class _EventReader:
+    """httpx-sse's decoder, plus the ``:HTTP_STATUS/nnn`` comments it drops."""
+
+    def __init__(self) -> None:
+        self._decoder = SSEDecoder()
+        self._status: int | None = None
+
+    def feed(self, line: str) -> _Event | None:
+        """Take one line; return the event it completes, if any."""
+        if found := _STATUS_COMMENT.fullmatch(line):
+            self._status = int(found.group(1))
+        sse = self._decoder.decode(line)
+        if sse is None:
+            return None
+        status, self._status = self._status, None
+        # An empty data buffer dispatches nothing (the SSE spec); httpx-sse's decoder would
+        # send an empty event for each extra blank line once an ``id:`` was seen.
+        return _Event(sse.event, sse.data, status) if sse.data else None
+
+
+async def _events(response: httpx.Response) -> AsyncIterator[_Event]:
+    """Decode the response's event stream, splitting lines as the SSE spec does."""
+    lines, reader = SSELineDecoder(), _EventReader()
+    async for text in response.aiter_text():
+        for line in lines.decode(text):
+            if (event := reader.feed(line)) is not None:
+                yield event
+    for line in lines.flush():
+        if (event := reader.feed(line)) is not None:
+            yield event
+
+
+def _stream_error(error: dict[str, Any], status: int | None) -> PipelineError:
+    """Map an error event; its status is the comment's, when the recogniser sent one."""
+    code = error.get("code")
+    if status is None:
+        # Compatible mode's ``data: {"error": ...}`` has no status: the code decides.
+        status = 429 if str(code or "").startswith("Throttling") else 400
+    return error_from_reply(status, str(code) if code else None, str(error.get("message", "")))
 
 
 def _json(data: str) -> dict[str, Any]:
@@ -258,20 +344,13 @@ class DashScopeBackend(_SSEBackend):
             },
         }
 
-    async def _frames(self, source: EventSource) -> AsyncIterator[Delta | Result]:
+    async def _frames(self, response: httpx.Response) -> AsyncIterator[Delta | Result]:
         result = Result()
         pieces: list[str] = []
-        async for sse in source.aiter_sse():
-            if sse.event == "error":
-                payload = _json(sse.data)
-                # The HTTP status of a stream error lives only in a comment line; the code says
-                # enough (dashscope-protocol.md §3.2).
-                raise error_from_reply(
-                    400 if not str(payload.get("code", "")).startswith("Throttling") else 429,
-                    payload.get("code"),
-                    str(payload.get("message", "")),
-                )
+        async for sse in _events(response):
             payload = _json(sse.data)
+            if sse.event == "error":
+                raise _stream_error(payload, sse.status)
             try:
                 choice = payload["output"]["choices"][0]
                 message = choice["message"]
@@ -290,6 +369,7 @@ class DashScopeBackend(_SSEBackend):
             _note_frame(result, payload, message.get("annotations") or [])
             if choice.get("finish_reason") in ("stop", "length"):
                 result.text = "".join(pieces)
+                result.truncated = choice["finish_reason"] == "length"
                 yield result
                 return
         raise RecognitionStreamCut("stream ended before a frame with finish_reason 'stop'")
@@ -343,11 +423,12 @@ class OpenAIBackend(_SSEBackend):
             "asr_options": asr_options,
         }
 
-    async def _frames(self, source: EventSource) -> AsyncIterator[Delta | Result]:
-        result = Result()
+    async def _frames(self, response: httpx.Response) -> AsyncIterator[Delta | Result]:
+        # The chunks' ``id`` is a chatcmpl id that the API's logs and support do not know.
+        result = Result(request_id=response.headers.get("x-request-id"))
         pieces: list[str] = []
         finished = False
-        async for sse in source.aiter_sse():
+        async for sse in _events(response):
             if sse.data.strip() == "[DONE]":
                 if not finished:
                     break
@@ -356,13 +437,9 @@ class OpenAIBackend(_SSEBackend):
                 return
             payload = _json(sse.data)
             if sse.event == "error" or "error" in payload or "code" in payload:
-                error = payload.get("error", payload)
-                raise error_from_reply(
-                    429 if str(error.get("code", "")).startswith("Throttling") else 400,
-                    error.get("code"),
-                    str(error.get("message", "")),
-                )
-            result.request_id = payload.get("id") or result.request_id
+                error = payload.get("error")
+                raise _stream_error(error if isinstance(error, dict) else payload, sse.status)
+            result.request_id = result.request_id or payload.get("request_id")
             usage = payload.get("usage")
             if isinstance(usage, dict) and isinstance(usage.get("seconds"), int | float):
                 result.billed_seconds = math.ceil(usage["seconds"])
@@ -375,4 +452,5 @@ class OpenAIBackend(_SSEBackend):
                 _note_frame(result, {}, delta.get("annotations") or [])
                 if choice.get("finish_reason") in ("stop", "length"):
                     finished = True
+                    result.truncated = choice["finish_reason"] == "length"
         raise RecognitionStreamCut("stream ended before 'data: [DONE]'")

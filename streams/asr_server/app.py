@@ -1,9 +1,11 @@
-"""The HTTP side of the local ASR server: auth, audio resolution, decoding, and the two APIs.
+"""The HTTP side of the local ASR server: auth, quota, audio resolution, decoding, the two APIs.
 
 Engine-neutral on purpose: engine-specific endpoints come in through ``extra_routes`` and
 per-request bookkeeping through ``on_finished``. A streaming reply starts (HTTP 200 and
 headers) only once the engine yields its first piece, so a refusal before that is a real
-4xx/5xx JSON reply; after it, errors travel as SSE error frames (dashscope-protocol.md §3).
+4xx/5xx reply (an SSE body for a native SSE request, as the cloud sends; JSON otherwise);
+after it, errors travel as SSE error frames whose status is only in the ``:HTTP_STATUS/nnn``
+comment (dashscope-protocol.md §3).
 """
 
 from __future__ import annotations
@@ -27,9 +29,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import Send
 
-from streams.asr_server.engine import DropConnection, Engine, EngineError, Piece, RecognitionRequest
+from streams.api_limits import MAX_DATA_URI_BYTES, MAX_REQUEST_S
+from streams.asr_server.engine import (
+    DropConnection,
+    Engine,
+    EngineError,
+    MalformedFrame,
+    Piece,
+    RecognitionRequest,
+)
 from streams.asr_server.protocol import (
     BAD_URL,
+    MALFORMED_JSON,
     RATE_QUOTA,
     RATE_QUOTA_MESSAGE,
     ApiError,
@@ -42,6 +53,7 @@ from streams.asr_server.protocol import (
     native_error_body,
     parse_compatible_request,
     parse_native_request,
+    sse_error_frame,
 )
 from streams.asr_server.quota import RequestQuota
 from streams.decode import decode_sync
@@ -85,6 +97,8 @@ class RequestOutcome:
     audio_s: float | None = None
     text: str = ""
     """Text actually sent to the client."""
+    finish_reason: str | None = None
+    """``stop`` or ``length`` once the final frame (or body) went out."""
     finished: bool = False
     """Whether the final frame (or the whole JSON body) went out."""
 
@@ -114,7 +128,10 @@ def _decode_pcm(data: bytes, max_audio_s: float) -> np.ndarray:
     try:
         return decode_sync(io.BytesIO(data), layout="mix", max_duration_s=max_audio_s).channels[0]
     except AudioTooLong as exc:
-        message = f"The audio is too long: {exc.message} (the limit is {max_audio_s:g} s)."
+        message = (
+            f"The audio is too long: at most {max_audio_s:g} s of audio is accepted per "
+            f"request ({exc.message})."
+        )
         raise ApiError(400, "InvalidParameter", message) from exc
     except UndecodableAudio as exc:
         if exc.code == "empty_audio":
@@ -195,6 +212,8 @@ class _Server:
     async def _serve(self, request: Request, endpoint: str) -> Response:
         native = endpoint == "native"
         outcome = RequestOutcome(str(uuid.uuid4()), endpoint, received_at=time.time())
+        sse = native and request.headers.get("x-dashscope-sse", "").lower() == "enable"
+        outcome.stream = sse
         try:
             self._admit(self._authorize(request))
             if native and request.headers.get("x-dashscope-async", "").lower() == "enable":
@@ -202,31 +221,31 @@ class _Server:
                 raise ApiError(403, "AccessDenied", message)
             body = await self._body(request)
             asr = parse_native_request(body) if native else parse_compatible_request(body)
-            sse = request.headers.get("x-dashscope-sse", "").lower() == "enable"
             outcome.stream = sse if native else asr.stream
             started = await self._start(asr, outcome)
             encoder = self._encoder(native, started, outcome.request_id)
             if outcome.stream:
                 return self._stream(started, encoder, outcome)
-            text, language, emotion = await self._collect(started, outcome.request_id)
+            whole = await self._collect(started, outcome.request_id)
         except ApiError as exc:
             outcome.http_status, outcome.error_code = exc.status, exc.code
             outcome.error_message = exc.message
             self._report(outcome)
-            if native:
-                body = native_error_body(exc.code, exc.message, outcome.request_id)
-            else:
-                body = compatible_error_body(exc.status, exc.code, exc.message, outcome.request_id)
-            headers = {"x-request-id": outcome.request_id}
-            if exc.retry_after_s is not None:
-                headers["retry-after"] = str(math.ceil(exc.retry_after_s))
-            return Response(body, exc.status, headers=headers, media_type=JSON_TYPE)
+            return _refusal(exc, outcome.request_id, native=native, sse=sse)
         except DropConnection:
             outcome.error_code = "ConnectionDropped"
             self._report(outcome)
             return _Stream(_no_body(), headers={"x-request-id": outcome.request_id})
-        body = encoder.body(text, language, emotion)
-        outcome.text, outcome.finished = text, True
+        except MalformedFrame:
+            outcome.error_code = "MalformedFrame"
+            self._report(outcome)
+            headers = {"x-request-id": outcome.request_id}
+            return Response(MALFORMED_JSON, 200, headers=headers, media_type=JSON_TYPE)
+        if whole.finish_reason:
+            encoder.finish_reason = whole.finish_reason
+        body = encoder.body(whole.text, whole.language, whole.emotion)
+        outcome.text, outcome.finished = whole.text, True
+        outcome.finish_reason = encoder.finish_reason
         self._report(outcome)
         headers = {"x-request-id": outcome.request_id, "x-dashscope-finished": "true"}
         return Response(body, 200, headers=headers, media_type=JSON_TYPE)
@@ -322,27 +341,26 @@ class _Server:
             if exc.status == 429 and retry is None:
                 retry = 1.0  # clients back off better with a hint than without
             raise ApiError(exc.status, exc.code, exc.message, retry_after_s=retry) from exc
-        except DropConnection:
+        except (DropConnection, MalformedFrame):
             raise
         except Exception as exc:
             logger.exception("engine %s failed on request %s", self.engine.name, request_id)
             raise ApiError(500, "InternalError", _INTERNAL) from exc
 
-    async def _collect(
-        self, started: _Started, request_id: str
-    ) -> tuple[str, str | None, str | None]:
-        """Gather the whole transcript for a non-streaming reply."""
-        text, language, emotion = "", started.asr.language, None
+    async def _collect(self, started: _Started, request_id: str) -> Piece:
+        """Gather the whole transcript for a non-streaming reply, as one piece."""
+        text, language, emotion, reason = "", started.asr.language, None, None
         piece = started.first
         try:
             while piece is not None:
                 text += piece.text
                 language = piece.language or language
                 emotion = piece.emotion or emotion
+                reason = piece.finish_reason or reason
                 piece = await self._next(started.pieces, request_id)
         finally:
             await _close(started.pieces)
-        return text, language, emotion
+        return Piece(text, language, emotion, reason)
 
     def _stream(self, started: _Started, encoder: _Encoder, outcome: RequestOutcome) -> Response:
         headers = {
@@ -364,12 +382,18 @@ class _Server:
                 # Empty pieces only commit the response (an engine may need HTTP 200 first).
                 if piece.text:
                     yield encoder.piece(piece.text, piece.language, piece.emotion)
+                if piece.finish_reason:
+                    encoder.finish_reason = piece.finish_reason
                 piece = await self._next(started.pieces, outcome.request_id)
             yield encoder.finish()
-            outcome.finished = True
+            outcome.finished, outcome.finish_reason = True, encoder.finish_reason
         except ApiError as exc:
             outcome.error_code, outcome.error_message = exc.code, exc.message
             yield encoder.error(exc.status, exc.code, exc.message)
+        except MalformedFrame:
+            # A broken frame and then the end of the stream, as from a faulty proxy.
+            outcome.error_code = "MalformedFrame"
+            yield encoder.malformed()
         except DropConnection:
             outcome.error_code = "ConnectionDropped"
             raise
@@ -391,6 +415,26 @@ class _Server:
 _INTERNAL = "An internal error has occured, please try again later or contact service support."
 
 
+def _refusal(exc: ApiError, request_id: str, *, native: bool, sse: bool) -> Response:
+    """The reply to a request refused before its stream started.
+
+    A native request that asked for SSE gets the error as an SSE body under the error's
+    own status, as the cloud sends it (the SDK reads its first ``data:`` line); anything
+    else gets the JSON body of its API.
+    """
+    headers = {"x-request-id": request_id}
+    if exc.retry_after_s is not None:
+        headers["retry-after"] = str(math.ceil(exc.retry_after_s))
+    if sse:
+        body = sse_error_frame(1, exc.status, exc.code, exc.message, request_id)
+        return Response(body, exc.status, headers=headers, media_type=SSE_TYPE)
+    if native:
+        body = native_error_body(exc.code, exc.message, request_id)
+    else:
+        body = compatible_error_body(exc.status, exc.code, exc.message, request_id)
+    return Response(body, exc.status, headers=headers, media_type=JSON_TYPE)
+
+
 async def _close(pieces: AsyncIterator[Any]) -> None:
     """Close an engine's iterator even while the request is being cancelled."""
     aclose = getattr(pieces, "aclose", None)
@@ -404,8 +448,8 @@ def create_app(
     engine: Engine,
     *,
     api_key: str | None,
-    max_audio_s: float = 300.0,
-    max_data_uri_bytes: int = 10 * MiB,
+    max_audio_s: float = MAX_REQUEST_S,
+    max_data_uri_bytes: int = MAX_DATA_URI_BYTES,
     extra_routes: Sequence[BaseRoute] = (),
     on_finished: Callable[[RequestOutcome], None] | None = None,
     allow_private_hosts: Sequence[str] = (),

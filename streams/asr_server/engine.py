@@ -20,6 +20,7 @@ __all__ = [
     "EngineError",
     "EngineFailure",
     "InvalidInput",
+    "MalformedFrame",
     "Piece",
     "RecognitionRequest",
 ]
@@ -54,6 +55,9 @@ class Piece:
     """ISO code of the detected (or forced) language, when known."""
     emotion: str | None = None
     """One of the API's emotion labels, only when something really estimated it."""
+    finish_reason: str | None = None
+    """``length`` on the last piece when the engine stopped at its output limit (the reply
+    then ends with that ``finish_reason`` instead of ``stop``)."""
 
 
 class Engine(Protocol):
@@ -101,4 +105,12 @@ class DropConnection(Exception):
 
     Not an :class:`EngineError`: it stands for a network failure (fault injection), which
     the cloud never reports as an error body, so the client must see a truncated stream.
+    """
+
+
+class MalformedFrame(Exception):
+    """Raised by an engine to make the server send a frame that is not JSON, then end.
+
+    Fault injection, like :class:`DropConnection`: it stands for a reply garbled on the way
+    (a faulty proxy), which a client must report as a protocol error, not retry.
     """

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from streams.api_limits import MAX_CONTEXT_TOKENS, billed_seconds, count_tokens
+
 __all__ = [
     "BAD_URL",
     "EMPTY_AUDIO",
     "LANGUAGES",
+    "MALFORMED_JSON",
     "RATE_QUOTA",
     "RATE_QUOTA_MESSAGE",
     "ApiError",
@@ -47,12 +49,12 @@ BAD_URL = "The provided URL does not appear to be valid. Ensure it is correctly 
 NO_MESSAGES = 'Either "prompt" or "messages" must exist and cannot both be none.'
 NO_USER = "The input messages do not contain elements with the role of user."
 EMPTY_AUDIO = "The audio is empty"
+# A reply cut short inside its JSON, as a faulty proxy might deliver it (fault injection).
+MALFORMED_JSON = b'{"output":{"choices":[{"message":{"role":"assistant","content":[{"te'
 RATE_QUOTA = "Throttling.RateQuota"
 RATE_QUOTA_MESSAGE = "Requests rate limit exceeded, please try again later."
 # Stable names and dated snapshots, plus the US region's "-us" variants.
 _MODEL = re.compile(r"qwen3-asr-flash(-\d{4}-\d{2}-\d{2})?(-us)?")
-# One token per CJK character, word, number or punctuation mark: close enough for usage.
-_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]|[^\W\d_]+|\d+|[^\w\s]")
 
 
 class ApiError(Exception):
@@ -96,11 +98,6 @@ class AsrRequest:
     stream: bool = False
     """OpenAI-compatible API only; the native API switches on the X-DashScope-SSE header."""
     include_usage: bool = False
-
-
-def count_tokens(text: str) -> int:
-    """Approximate the token count of ``text`` for the usage fields."""
-    return len(_TOKEN.findall(text))
 
 
 def _load_object(body: bytes) -> dict[str, Any]:
@@ -150,6 +147,16 @@ def _system_text(content: object) -> str:
     return "".join(texts)  # type: ignore[arg-type]  # all str, checked just above
 
 
+def _check_context(context: str) -> None:
+    """Refuse a context over the API's token limit, counted as the worker counts it."""
+    tokens = count_tokens(context)
+    if tokens > MAX_CONTEXT_TOKENS:
+        raise _invalid(
+            f"The context (system message) is too long: {tokens} tokens, "
+            f"more than the limit of {MAX_CONTEXT_TOKENS} tokens."
+        )
+
+
 def _split_messages(messages: object) -> tuple[str, list[Any]]:
     """Return the context text and the user message's content list."""
     if not isinstance(messages, list) or not messages:
@@ -161,6 +168,7 @@ def _split_messages(messages: object) -> tuple[str, list[Any]]:
     if messages[0].get("role") == "system":
         context = _system_text(messages[0].get("content"))
         rest = messages[1:]
+    _check_context(context)
     users = [m for m in rest if m.get("role") == "user"]
     if not users:
         raise _invalid(NO_USER)
@@ -235,11 +243,6 @@ def decode_data_uri(uri: str, *, max_bytes: int) -> bytes:
     return data
 
 
-def billed_seconds(duration_s: float) -> int:
-    """Round an audio duration up to whole seconds, the unit ``usage.seconds`` bills in."""
-    return math.ceil(duration_s)
-
-
 def _annotations(language: str | None, emotion: str | None) -> list[dict[str, str]]:
     info = {"type": "audio_info"}
     if language is not None:
@@ -287,6 +290,8 @@ class _Reply:
     emotion: str | None = None
     text: str = ""
     """All text sent so far."""
+    finish_reason: str = "stop"
+    """What the last frame says: ``stop``, or ``length`` when the output hit its limit."""
 
     def _add(self, text: str, language: str | None, emotion: str | None) -> None:
         self.text += text
@@ -312,13 +317,24 @@ class NativeStream(_Reply):
         return self._frame(self._payload(text if self.incremental else self.text, False))
 
     def finish(self) -> bytes:
-        """Frame the last event (``finish_reason`` "stop"): empty in delta mode, else all text."""
+        """Frame the last event (``finish_reason`` "stop"): empty in delta mode, else all text.
+
+        ``finish_reason`` is "length" instead when the engine stopped at its output limit.
+        """
         return self._frame(self._payload("" if self.incremental else self.text, True))
 
     def error(self, status: int, code: str, message: str) -> bytes:
         """Frame an error event that ends the stream."""
         self._next_id += 1
         return sse_error_frame(self._next_id - 1, status, code, message, self.request_id)
+
+    def malformed(self) -> bytes:
+        """Frame a result event whose ``data:`` is not JSON (fault injection)."""
+        self._next_id += 1
+        return b"id:%d\nevent:result\n:HTTP_STATUS/200\ndata:%s\n\n" % (
+            self._next_id - 1,
+            MALFORMED_JSON,
+        )
 
     def body(self, text: str, language: str | None = None, emotion: str | None = None) -> bytes:
         """Build the JSON body of a non-streaming reply carrying the whole ``text``."""
@@ -335,10 +351,9 @@ class NativeStream(_Reply):
             "content": [{"text": text}],
             "annotations": _annotations(self.language, self.emotion),
         }
+        reason = self.finish_reason if finished else "null"
         return {
-            "output": {
-                "choices": [{"message": message, "finish_reason": "stop" if finished else "null"}]
-            },
+            "output": {"choices": [{"message": message, "finish_reason": reason}]},
             "usage": {
                 "input_tokens_details": {"text_tokens": 0},
                 "output_tokens_details": {"text_tokens": count_tokens(self.text)},
@@ -370,7 +385,8 @@ class CompatibleStream(_Reply):
 
     def finish(self) -> bytes:
         """Frame the stop chunk, the usage chunk when asked for, and ``[DONE]``."""
-        frames = self._chunk([{"index": 0, "delta": {"role": None}, "finish_reason": "stop"}])
+        stop = {"index": 0, "delta": {"role": None}, "finish_reason": self.finish_reason}
+        frames = self._chunk([stop])
         if self.include_usage:
             frames += self._chunk([], self._usage())
         return frames + b"data: [DONE]\n\n"
@@ -379,12 +395,16 @@ class CompatibleStream(_Reply):
         """Frame an error mid-stream as a ``data:`` object with an ``error`` key."""
         return b"data: " + compatible_error_body(status, code, message, self.request_id) + b"\n\n"
 
+    def malformed(self) -> bytes:
+        """Frame a chunk whose ``data:`` is not JSON (fault injection)."""
+        return b"data: " + MALFORMED_JSON + b"\n\n"
+
     def body(self, text: str, language: str | None = None, emotion: str | None = None) -> bytes:
         """Build a non-streaming ``chat.completion`` body; its ``content`` is a string."""
         self._add(text, language, emotion)
         annotations = _annotations(self.language, self.emotion)
         message = {"role": "assistant", "content": self.text, "annotations": annotations}
-        choice = {"index": 0, "finish_reason": "stop", "message": message}
+        choice = {"index": 0, "finish_reason": self.finish_reason, "message": message}
         return orjson.dumps(self._envelope("chat.completion", [choice], self._usage()))
 
     def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:

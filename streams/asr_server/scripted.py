@@ -8,10 +8,24 @@ JSON, replaceable at run time through ``POST /scripted/faults``::
       "fault": "429", "retry_after_s": 2}]
 
 ``match`` keys are all optional (no ``match``: every request); ``times`` counts the requests
-the rule still applies to. Faults: ``401``, ``400``, ``429``, ``500`` (refused before the
-stream starts), ``cut`` (connection dropped after ``after_deltas`` pieces), ``slow_first_byte``
-(``delay_s`` more before anything is sent) and ``error_frame_429`` (HTTP 200, then an error
-frame after ``after_deltas`` pieces). ``code`` and ``message`` override the error sent.
+the rule still applies to. Faults:
+
+- ``401``, ``400``, ``429``, ``500``: refused before the stream starts, with that status (an
+  SSE body to a native SSE request, JSON otherwise);
+- ``error_frame``: HTTP 200, then after ``after_deltas`` pieces an ``event:error`` frame whose
+  status (``status``, default 500; 400-599) is only in its ``:HTTP_STATUS/nnn`` comment, as
+  the cloud sends mid-stream failures; ``{"fault": "error_frame", "status": 503}``;
+- ``error_frame_429``: ``error_frame`` with status 429 and ``Throttling.RateQuota``;
+- ``malformed_frame``: after ``after_deltas`` pieces, a frame whose ``data:`` is not JSON,
+  then the end of the stream (a non-streaming request gets a 200 body that is not JSON);
+- ``length``: the reply ends normally after ``after_deltas`` pieces but with ``finish_reason``
+  "length", as when the output hits the model's limit;
+- ``cut``: the connection dropped after ``after_deltas`` pieces;
+- ``slow_first_byte``: ``delay_s`` more before anything is sent.
+
+``code`` and ``message`` override the error sent (defaults follow the status: 400
+``InvalidParameter``, 401 ``InvalidApiKey``, 429 ``Throttling``, 500 ``InternalError``, 503
+``ModelUnavailable``, other statuses ``InternalError``).
 ``GET /scripted/journal`` lists recent requests, refused ones included (an entry appears when
 recognition starts and is completed when the reply ends, or when the request is refused;
 ``received_at``, ``started_at``, ``first_delta_at`` and ``finished_at`` are Unix times, so a
@@ -38,7 +52,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from streams.asr_server.engine import DropConnection, EngineError, Piece, RecognitionRequest
+from streams.asr_server.engine import (
+    DropConnection,
+    EngineError,
+    MalformedFrame,
+    Piece,
+    RecognitionRequest,
+)
 
 if TYPE_CHECKING:
     from streams.asr_server.app import RequestOutcome
@@ -52,27 +72,34 @@ __all__ = [
     "control_routes",
 ]
 
-# fault -> (HTTP status, code, message) of the error it raises
-_ERRORS = {
-    "401": (401, "InvalidApiKey", "Invalid API-key provided."),
-    "400": (
-        400,
-        "InvalidParameter",
-        "Required body invalid, please check the request body format.",
-    ),
-    "429": (429, "Throttling", "Requests throttling triggered."),
-    "500": (
-        500,
+# HTTP status -> (code, message) the cloud sends with it
+_BY_STATUS = {
+    400: ("InvalidParameter", "Required body invalid, please check the request body format."),
+    401: ("InvalidApiKey", "Invalid API-key provided."),
+    429: ("Throttling", "Requests throttling triggered."),
+    500: (
         "InternalError",
         "An internal error has occured, please try again later or contact service support.",
     ),
+    503: ("ModelUnavailable", "Model is unavailable, please try again later."),
+}
+# fault -> (HTTP status, code, message) of the error it raises
+_ERRORS = {
+    "401": (401, *_BY_STATUS[401]),
+    "400": (400, *_BY_STATUS[400]),
+    "429": (429, *_BY_STATUS[429]),
+    "500": (500, *_BY_STATUS[500]),
     "error_frame_429": (
         429,
         "Throttling.RateQuota",
         "Requests rate limit exceeded, please try again later.",
     ),
 }
-FAULTS = frozenset({*_ERRORS, "cut", "slow_first_byte"})
+_REFUSALS = frozenset({"401", "400", "429", "500"})
+"""Faults refused before the stream starts."""
+_MID_STREAM = frozenset({"cut", "error_frame", "error_frame_429", "malformed_frame", "length"})
+"""Faults that strike after ``after_deltas`` pieces."""
+FAULTS = frozenset({*_ERRORS, *_MID_STREAM, "slow_first_byte"})
 _WORDS = tuple(
     """account address agent answer balance bank call card change charge check claim contact
     credit customer date delivery detail email error fee form help hold invoice issue line
@@ -111,6 +138,8 @@ class FaultRule:
     delay_s: float = 1.0
     code: str | None = None
     message: str | None = None
+    status: int | None = None
+    """HTTP status of an ``error_frame`` (default 500)."""
 
     @classmethod
     def from_dict(cls, raw: object) -> FaultRule:
@@ -129,7 +158,7 @@ class FaultRule:
         except TypeError as exc:
             raise ValueError(f"unexpected key in fault rule {raw!r}") from exc
         numbers = {"rate": made.rate, "retry_after_s": made.retry_after_s, "delay_s": made.delay_s}
-        counts = {"times": made.times, "after_deltas": made.after_deltas}
+        counts = {"times": made.times, "after_deltas": made.after_deltas, "status": made.status}
         for name, value in {**numbers, **counts}.items():
             kinds = (int,) if name in counts else (int, float)
             if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
@@ -138,6 +167,10 @@ class FaultRule:
             raise ValueError(f"rate must lie in [0, 1], got {made.rate!r}")
         if made.times is not None and made.times < 0:
             raise ValueError(f"times must not be negative, got {made.times!r}")
+        if made.status is not None and made.fault != "error_frame":
+            raise ValueError(f"status applies to error_frame only, not {made.fault!r}")
+        if made.status is not None and not 400 <= made.status <= 599:
+            raise ValueError(f"status must be an error status (400-599), got {made.status!r}")
         return made
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,7 +181,11 @@ class FaultRule:
 
     def error(self) -> ScriptedFault:
         """Build the error this rule injects."""
-        status, code, message = _ERRORS[self.fault]
+        if self.fault == "error_frame":
+            status = self.status or 500
+            code, message = _BY_STATUS.get(status, _BY_STATUS[500])
+        else:
+            status, code, message = _ERRORS[self.fault]
         retry = self.retry_after_s
         if status == 429 and retry is None:
             retry = 1.0
@@ -229,25 +266,31 @@ class ScriptedEngine:
                 "started_at": time.time(),
             }
         )
-        if fault in {"401", "400", "429", "500"}:
+        if fault in _REFUSALS:
             raise rule.error()
         cfg = self.config
         language = request.language or cfg.language
         pieces = self.deltas(self.transcript_for(request.pcm))
-        stop_at = rule.after_deltas if fault in {"cut", "error_frame_429"} else len(pieces)
+        stop_at = rule.after_deltas if fault in _MID_STREAM else len(pieces)
         if stop_at == 0:
             yield Piece("", language, "neutral")  # commits HTTP 200 so the fault lands mid-stream
         delay = cfg.first_delta_s + cfg.first_delta_per_audio_s * request.duration_s
         await asyncio.sleep(delay + (rule.delay_s if fault == "slow_first_byte" else 0.0))
-        for index, text in enumerate(pieces[:stop_at]):
+        sent = pieces[:stop_at]
+        for index, text in enumerate(sent):
             if index:
                 await asyncio.sleep(cfg.delta_interval_s)
             else:
                 self._log({"request_id": request.request_id, "first_delta_at": time.time()})
-            yield Piece(text, language, "neutral")
+            reason = "length" if fault == "length" and index == len(sent) - 1 else None
+            yield Piece(text, language, "neutral", reason)
+        if fault == "length" and not sent:
+            yield Piece("", language, "neutral", "length")
         if fault == "cut":
             raise DropConnection
-        if fault == "error_frame_429":
+        if fault == "malformed_frame":
+            raise MalformedFrame
+        if fault in {"error_frame", "error_frame_429"}:
             raise rule.error()
 
     def _pick(self, context: str) -> FaultRule | None:
@@ -303,6 +346,7 @@ class ScriptedEngine:
                 "language": None,
                 "audio_s": None,
                 "text": "",
+                "finish_reason": None,
                 "finished": False,
                 "fault": None,
                 "started_at": None,

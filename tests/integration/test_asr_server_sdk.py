@@ -321,8 +321,8 @@ def _empty_wav_uri() -> str:
         pytest.param(lambda: "data:audio/wav;base64,", "The audio is empty", id="empty-payload"),
         pytest.param(_empty_wav_uri, "The audio is empty", id="wav-without-samples"),
         pytest.param(
-            lambda: "data:audio/wav;base64," + "A" * (10 * 1024 * 1024 + 4),
-            "Exceeded limit on max bytes per data-uri item : 10485760",
+            lambda: "data:audio/wav;base64," + "A" * (10_000_000 + 4),
+            "Exceeded limit on max bytes per data-uri item : 10000000",
             id="oversize",
         ),
         pytest.param(_long_silence_uri, "The audio is too long", id="too-long"),
@@ -420,7 +420,7 @@ def test_throttling_carries_retry_after(scripted_server: ScriptedServer, data_ur
 
 def test_async_calls_are_refused(scripted_server: ScriptedServer, data_uri: str) -> None:
     """X-DashScope-Async: enable on the sync path is a 403 AccessDenied, like the cloud's."""
-    body, headers = _native(scripted_server, data_uri, **{"X-DashScope-Async": "enable"})
+    body, headers = _native(scripted_server, data_uri, sse=False, **{"X-DashScope-Async": "enable"})
     response = httpx.post(scripted_server.base_url + NATIVE_PATH, json=body, headers=headers)
     assert response.status_code == 403
     assert response.json()["code"] == "AccessDenied"
