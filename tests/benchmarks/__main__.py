@@ -7,13 +7,15 @@ not ``--quick``) also refreshes ``docs/perf/`` (the table and charts the README 
     python -m tests.benchmarks                    # everything, about 12 minutes on 2 cores
     python -m tests.benchmarks --quick            # a smoke run of everything, about 3 minutes
     python -m tests.benchmarks --only client,e2e  # some scenarios
+    python -m tests.benchmarks --only economy     # request economy alone: no Kafka, ~1 minute
     python -m tests.benchmarks --profile          # also py-spy the worker of e2e (and baseline)
 
 Scenarios: ``client`` (1, recognition client vs the official SDK), ``e2e`` (2, one worker on
 Kafka), ``scaleout`` (3, one vs two workers, rebalance pause), ``memory`` (4, peak RSS with 256
 recordings in flight), ``baseline`` (5, the loop you would write yourself, and PyAV vs the
-ffmpeg CLI). Each runs its own processes: a Kafka broker for the whole run, and per scenario
-the scripted ASR server and the workers.
+ffmpeg CLI), ``economy`` (6, requests and billed seconds per call under each layout and plan
+on the call corpus of calls.py; no Kafka). Each runs its own processes: a Kafka broker for the
+whole run, and per scenario the scripted ASR server and the workers.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from tests.benchmarks import (
     bench_baseline,
     bench_client,
     bench_e2e,
+    bench_economy,
     bench_memory,
     bench_scaleout,
     charts,
@@ -50,6 +53,7 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "scaleout": bench_scaleout.run,
     "memory": bench_memory.run,
     "baseline": bench_baseline.run,
+    "economy": bench_economy.run,
 }
 _NEEDS_KAFKA = {"e2e", "scaleout", "memory", "baseline"}
 ROOT = Path(__file__).resolve().parents[2]

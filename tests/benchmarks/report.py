@@ -177,6 +177,52 @@ def _memory(s: dict[str, Any]) -> list[Table]:
     return [("Memory of one worker (scenario 4)", head, [row])]
 
 
+def _economy_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
+    return [
+        [
+            f"{x['layout']} {x['plan']}",
+            str(x["requests"]),
+            _f(x["requests_per_call"], 1),
+            f"{x['floor']} / {x['floor_at_limit']} (+{_f(x['most_over_floor_per_channel'], 1)})",
+            _f(x["speech_s"], 0),
+            _f(x["sent_s"], 0),
+            f"{x['billed_s']:,}",
+            _f(x["billed_s_per_call"], 0),
+            _f(x["billed_over_speech"], 3),
+            _f(x["billed_over_sent"], 3),
+            _f(x["calls_per_hour"], 0),
+        ]
+        for x in summaries
+    ]
+
+
+def _economy(s: dict[str, Any]) -> list[Table]:
+    limit = _f(s["corpus"][0]["max_request_s"], 0)
+    floor = f"floor 300 s / {limit} s (most over per channel)"
+    head = ["layout, plan", "requests", "per call", floor, "speech s"]
+    head += ["sent s", "billed s", "billed s / call", "billed / speech", "billed / sent"]
+    head += ["calls/h per account"]
+    corpus = s["corpus"]
+    title = f"Request economy: {corpus[0]['calls']} calls, {_f(corpus[0]['minutes'], 0)} minutes"
+    out = [(title + " (scenario 6)", head, _economy_rows(corpus))]
+    if s.get("named"):
+        out.append((f"Request economy: {s['named_call']} alone", head, _economy_rows(s["named"])))
+    if s.get("http"):
+        rows = [
+            [
+                f"{h['layout']} {h['plan']}",
+                f"{h['answered']} of {h['requests']}",
+                str(h["billed_s_computed"]),
+                str(h["billed_s_server"]),
+                _f(h["seconds"], 1),
+            ]
+            for h in s["http"]
+        ]
+        http_head = ["layout, plan", "answered", "billed s computed", "usage.seconds", "wall s"]
+        out.append((f"{s['named_call']} over HTTP (scripted server)", http_head, rows))
+    return out
+
+
 def tables(scenarios: dict[str, Any]) -> list[Table]:
     """Every table the scenarios that ran can fill."""
     out: list[Table] = []
@@ -188,6 +234,8 @@ def tables(scenarios: dict[str, Any]) -> list[Table]:
         out += _scaleout(scenarios["scaleout"])
     if "memory" in scenarios:
         out += _memory(scenarios["memory"])
+    if "economy" in scenarios:
+        out += _economy(scenarios["economy"])
     return out
 
 
@@ -281,6 +329,7 @@ def targets(s: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{cost:.2f}x its CPU",
             )
         )
+    out += (s.get("economy") or {}).get("targets", [])
     return out
 
 
