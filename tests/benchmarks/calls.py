@@ -466,7 +466,14 @@ def _script(spec: CallSpec, rng: np.random.Generator) -> tuple[_Track, list[Talk
         offset = _offset_s(rng, listener)
         until = turn.end - int(0.9 * SAMPLE_RATE)
         talk += _backchannels(track, listener, pauses, until, pools[listener])
-        t = max(turn.end + int(offset * SAMPLE_RATE), turn.start + (turn.end - turn.start) // 2)
+        # An overlap starts past the middle of the turn it overlaps, and never inside the
+        # next speaker's own last talk.
+        own_last = max((x.end for x in talk if x.channel == listener), default=0)
+        t = max(
+            turn.end + int(offset * SAMPLE_RATE),
+            turn.start + (turn.end - turn.start) // 2,
+            own_last + int(0.15 * SAMPLE_RATE),
+        )
         channel = listener
     end = max(max(x.end for x in talk), hold[1] if hold else 0) + tail
     talk.sort(key=lambda x: (x.start, x.channel))
@@ -537,7 +544,7 @@ def build_calls(cache_dir: Path | None = None, specs: tuple[CallSpec, ...] = CAL
     """The corpus on disk, built on first use (about 20 s) and reused while its recipe holds.
 
     Built in a scratch folder that is renamed into place, so a run that is interrupted, or two
-    that build at once, never leave half a corpus behind.
+    that build at once, never leave half a corpus behind; corpora of earlier recipes go.
     """
     cache_dir = (cache_dir or default_cache()).resolve()
     folder = cache_dir / f"bench-calls-{_recipe_hash(specs)}"
@@ -554,6 +561,9 @@ def build_calls(cache_dir: Path | None = None, specs: tuple[CallSpec, ...] = CAL
             os.rename(scratch, folder)
         except OSError:  # another run built it first
             shutil.rmtree(scratch, ignore_errors=True)
+        for stale in cache_dir.glob("bench-calls-*"):  # corpora of earlier recipes
+            if stale != folder:
+                shutil.rmtree(stale, ignore_errors=True)
     entries = orjson.loads(index.read_bytes())
     calls = []
     for entry in entries:

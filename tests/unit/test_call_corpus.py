@@ -101,6 +101,9 @@ def test_truth_adds_up() -> None:
     assert len(same) <= 1  # the agent speaks before and after the hold
     for talk in truth.talk:
         assert talk.start <= talk.words[0][0] < talk.words[-1][1] <= talk.end
+    for channel in (AGENT, CUSTOMER):
+        mine = [t for t in truth.talk if t.channel == channel]
+        assert all(a.end <= b.start for a, b in itertools.pairwise(mine))  # one voice at a time
     assert truth.offsets_s()
     assert CallTruth.from_json(truth.to_json()) == truth
 
