@@ -18,12 +18,14 @@ import webrtcvad
 
 from streams.chunking import SpeechMap
 
-__all__ = ["FRAME_SAMPLES", "SILENCE_FLOOR_DB", "SpeechDetector"]
+__all__ = ["FRAME_SAMPLES", "SILENCE_FLOOR_DB", "STARTUP_FRAMES", "SpeechDetector"]
 
 FRAME_SAMPLES = 480
 """30 ms at 16 kHz: the longest frame WebRTC's VAD takes, and the cheapest per second."""
 SILENCE_FLOOR_DB = -70.0
 """Frame RMS (dBFS) below which nothing is speech; measured to lose no word (docs/audio.md)."""
+STARTUP_FRAMES = 4
+"""Frames at the start that WebRTC's VAD flags as speech whatever they hold (measured)."""
 _SAMPLE_RATE = 16_000
 _FULL_SCALE = 32768.0**2
 
@@ -65,9 +67,16 @@ class SpeechDetector:
             self._rest = np.empty(0, dtype=np.int16)
             self._classify(last)
         levels = np.concatenate(self._levels) if self._levels else np.empty(0, np.float32)
+        flags = np.frombuffer(bytes(self._flags), dtype=np.bool_).copy()
+        # WebRTC's VAD calls its first frames speech before its noise model adapts: a line
+        # that opens with noise would cost a request for 120 ms of nothing. A run that starts
+        # the recording and ends within those frames is not speech; real speech runs on.
+        run = len(flags) if flags.all() else int(np.argmin(flags))
+        if 0 < run <= STARTUP_FRAMES:
+            flags[:run] = False
         return SpeechMap(
             frame_samples=FRAME_SAMPLES,
-            speech=np.frombuffer(bytes(self._flags), dtype=np.bool_).copy(),
+            speech=flags,
             level_db=levels,
             samples=self._samples,
         )

@@ -264,3 +264,15 @@ def test_outer_padding_is_trimmed_when_that_saves_a_billed_second() -> None:
     # Where trimming cannot reach the second below, the padding stays whole.
     [kept] = _plan([_map(pattern)], "packed", pad_s=0.2, min_pad_s=0.18)
     assert kept.duration_s == pytest.approx(2.7 + 0.4, abs=0.031)
+
+
+def test_the_vads_start_up_frames_on_a_noisy_line_are_not_speech() -> None:
+    """WebRTC flags its first frames as speech before it adapts; a line that opens with
+    noise plans no request for them, while speech from the very first frame is kept."""
+    rng = np.random.default_rng(3)
+    noise = (rng.standard_normal(3 * SAMPLE_RATE) * 32768 * 10 ** (-60 / 20)).astype(np.int16)
+    assert plan_spans(_speech_map(noise), ChunkPolicy(), sample_rate=SAMPLE_RATE) == []
+    speech = decode_sync(asset("en_speechbrain_harvard_birch_canoe.wav")).channels[0]
+    spans = plan_spans(_speech_map(speech), ChunkPolicy(), sample_rate=SAMPLE_RATE)
+    assert spans
+    assert spans[0][0] == 0
