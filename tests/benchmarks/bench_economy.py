@@ -178,6 +178,7 @@ def _summary(rows: list[CallFigures]) -> dict[str, Any]:
         "max_request_s": policy().max_chunk_s,
         "most_over_floor_per_channel": max(r.over_floor / r.channels for r in rows),
         "speech_s": round(speech, 1),
+        "words_s": round(sum(r.true_speech_s for r in rows), 1),
         "sent_s": round(sent, 1),
         "billed_s": billed,
         "billed_s_per_call": billed / n,

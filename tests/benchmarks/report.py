@@ -184,6 +184,7 @@ def _economy_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
             str(x["requests"]),
             _f(x["requests_per_call"], 1),
             f"{x['floor']} / {x['floor_at_limit']} (+{_f(x['most_over_floor_per_channel'], 1)})",
+            _f(x.get("words_s"), 0),
             _f(x["speech_s"], 0),
             _f(x["sent_s"], 0),
             f"{x['billed_s']:,}",
@@ -199,7 +200,7 @@ def _economy_rows(summaries: list[dict[str, Any]]) -> list[list[str]]:
 def _economy(s: dict[str, Any]) -> list[Table]:
     limit = _f(s["corpus"][0]["max_request_s"], 0)
     floor = f"floor 300 s / {limit} s (most over per channel)"
-    head = ["layout, plan", "requests", "per call", floor, "speech s"]
+    head = ["layout, plan", "requests", "per call", floor, "words s", "speech s"]
     head += ["sent s", "billed s", "billed s / call", "billed / speech", "billed / sent"]
     head += ["calls/h per account"]
     corpus = s["corpus"]
