@@ -20,7 +20,7 @@ What is modelled, and from where:
   between them (log-normal, median 0.55 s), so some pauses are longer than the worker's 1 s
   silence threshold and some are not.
 - **Backchannels** ("yeah", "mm-hm": about a fifth of Switchboard utterances, Jurafsky et al.
-  1997, SWBD-DAMSL): single real words of 0.3-0.8 s on the listening channel, in a third of the
+  1997, SWBD-DAMSL): a real word or two, 0.3-0.8 s, on the listening channel, in a third of the
   pauses of the other party's turns, 4 dB softer than that party's turns. They are not turns.
 - **Hold**: the agent says a short sentence, 0.4-1 s later hold music (plucked notes, as
   bench_audio's ``_music``) plays on the agent channel only for the call's hold seconds; the
