@@ -15,13 +15,21 @@ The tree says what the pipeline does with an error, not where it came from::
     │   └── RecognitionProtocolError  asr_protocol_error (a reply we cannot parse)
     └── TransientError                retry with backoff inside the recording's deadline
         ├── FetchUnavailable          fetch_unavailable (timeouts, 5xx, dropped download)
-        ├── RecognitionThrottled      asr_throttled (429, honours Retry-After)
-        ├── RecognitionUnavailable    asr_unavailable (5xx, connection refused or reset)
-        ├── RecognitionTimeout        asr_timeout (no first byte or a silent stream)
+        ├── RecognitionThrottled      asr_throttled (429, honours Retry-After; also the codes
+        │                             Throttling.* and compatible mode's limit_requests)
+        ├── RecognitionUnavailable    asr_unavailable (5xx, connection refused or reset; also
+        │                             the codes InternalError, SystemError,
+        │                             ModelServingError, ModelUnavailable)
+        ├── RecognitionTimeout        asr_timeout (no first byte or a silent stream; also the
+        │                             code RequestTimeOut)
         ├── RecognitionStreamCut      asr_stream_cut (stream ended before finish_reason stop)
         └── DeadlineExceeded          deadline_exceeded (the recording's time budget ran out)
 
 Third-party exceptions are translated once, at the stage boundary, with ``raise ... from``.
+The recogniser's answers map in streams/transcribe.py: a 429 is throttling, then a known
+error code decides, then the HTTP status (a mid-stream error frame's status is the
+``:HTTP_STATUS/nnn`` comment before it; compatible mode's frames have none, so their code
+alone decides).
 When retries run out, the last transient error becomes the failed event (``retryable`` true).
 
 What happens to an error is decided here, by :func:`disposition` (and :func:`retry_wait`, the

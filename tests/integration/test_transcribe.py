@@ -13,6 +13,7 @@ from streams.decode import SAMPLE_RATE, decode_sync
 from streams.encode import encode_data_uri
 from streams.errors import (
     PipelineError,
+    RecognitionProtocolError,
     RecognitionRejected,
     RecognitionStreamCut,
     RecognitionThrottled,
@@ -145,6 +146,51 @@ async def test_the_request_carries_options_and_context(
         pytest.param(
             {"fault": "slow_first_byte", "delay_s": 5}, RecognitionTimeout, "asr_timeout", id="slow"
         ),
+        # The status of a mid-stream error is only in its `:HTTP_STATUS/nnn` comment; a code
+        # the client does not know leaves the decision to that status.
+        pytest.param(
+            {"fault": "error_frame", "status": 500, "code": "Novel.Failure"},
+            RecognitionUnavailable,
+            "asr_unavailable",
+            id="error-frame-500",
+        ),
+        pytest.param(
+            {"fault": "error_frame", "status": 503, "after_deltas": 2},
+            RecognitionUnavailable,
+            "asr_unavailable",
+            id="error-frame-503",
+        ),
+        pytest.param(
+            {"fault": "error_frame", "status": 429, "code": "Novel.Failure"},
+            RecognitionThrottled,
+            "asr_throttled",
+            id="error-frame-429",
+        ),
+        pytest.param(
+            {"fault": "error_frame", "status": 400, "code": "Novel.Failure"},
+            RecognitionRejected,
+            "asr_rejected",
+            id="error-frame-400",
+        ),
+        pytest.param(
+            {"fault": "error_frame", "status": 500, "code": "RequestTimeOut", "after_deltas": 0},
+            RecognitionTimeout,
+            "asr_timeout",
+            id="error-frame-request-timeout",
+        ),
+        pytest.param(
+            {"fault": "malformed_frame", "after_deltas": 1},
+            RecognitionProtocolError,
+            "asr_protocol_error",
+            id="malformed-frame",
+        ),
+        # Refused before the stream: an SSE body whose `data:` line names the code.
+        pytest.param(
+            {"fault": "400", "code": "Arrearage", "message": "Access denied, please make sure."},
+            RecognitionUnauthorized,
+            "asr_unauthorized",
+            id="sse-body-arrearage",
+        ),
     ],
 )
 async def test_faults_become_pipeline_errors(
@@ -163,6 +209,61 @@ async def test_faults_become_pipeline_errors(
     assert caught.value.code == code
     if fault["fault"] == "429":
         assert caught.value.retry_after_s == 3
+    if "message" in fault:
+        assert caught.value.message.endswith(fault["message"])
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "error"),
+    [
+        pytest.param("ModelServingError", 500, RecognitionUnavailable, id="model-serving"),
+        pytest.param("SystemError", 500, RecognitionUnavailable, id="system-error"),
+        pytest.param("RequestTimeOut", 500, RecognitionTimeout, id="request-timeout"),
+        pytest.param("limit_requests", 429, RecognitionThrottled, id="limit-requests"),
+    ],
+)
+async def test_transient_codes_are_retried_even_without_a_status(
+    scripted_server: ScriptedServer,
+    http: httpx.AsyncClient,
+    data_uri: str,
+    code: str,
+    status: int,
+    error: type[PipelineError],
+) -> None:
+    """Compatible mode's mid-stream errors carry no status: these codes alone mean "retry"."""
+    scripted_server.set_faults([{"fault": "error_frame", "status": status, "code": code}])
+    backend = OpenAIBackend(http, scripted_server.base_url, scripted_server.api_key)
+    with pytest.raises(error) as caught:
+        await _run(backend, data_uri)
+    assert caught.value.retryable
+    assert code in caught.value.message
+
+
+@pytest.mark.parametrize("backend_class", [DashScopeBackend, OpenAIBackend])
+async def test_a_reply_cut_at_the_output_limit_is_flagged(
+    scripted_server: ScriptedServer, http: httpx.AsyncClient, data_uri: str, backend_class: Any
+) -> None:
+    """finish_reason "length" ends the stream but marks the Result truncated, not complete."""
+    backend = backend_class(http, scripted_server.base_url, scripted_server.api_key)
+    _, whole = await _run(backend, data_uri)
+    scripted_server.set_faults([{"fault": "length", "after_deltas": 2}])
+    deltas, cut = await _run(backend, data_uri)
+    assert (whole.truncated, cut.truncated) == (False, True)
+    assert cut.text == "".join(deltas) == scripted_server.entry(cut.request_id)["text"]
+    assert whole.text.startswith(cut.text)
+    assert cut.text != whole.text
+    assert scripted_server.entry(cut.request_id)["finish_reason"] == "length"
+
+
+async def test_compatible_mode_reports_the_apis_request_id(
+    scripted_server: ScriptedServer, http: httpx.AsyncClient, data_uri: str
+) -> None:
+    """The request id is the x-request-id the server logged, not the chunks' chatcmpl id."""
+    backend = OpenAIBackend(http, scripted_server.base_url, scripted_server.api_key)
+    _, result = await _run(backend, data_uri)
+    assert result.request_id is not None
+    assert not result.request_id.startswith("chatcmpl-")
+    assert scripted_server.entry(result.request_id)["endpoint"] == "compatible"
 
 
 async def test_a_wrong_key_is_never_echoed(

@@ -382,8 +382,8 @@ ILLEGAL = "The audio format is illegal and cannot be opened."
             id="truncated-flac",
         ),
         pytest.param(
-            lambda: "data:audio/wav;base64," + "A" * (10 * 1024 * 1024 + 4),
-            "Exceeded limit on max bytes per data-uri item : 10485760",
+            lambda: "data:audio/wav;base64," + "A" * (10_000_000 + 4),
+            "Exceeded limit on max bytes per data-uri item : 10000000",
             id="oversize",
         ),
         pytest.param(_long_silence_uri, "The audio is too long", id="too-long"),

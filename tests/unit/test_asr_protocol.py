@@ -8,9 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
+from streams import api_limits
 from streams.asr_server.protocol import (
     BAD_URL,
     EMPTY_AUDIO,
+    MALFORMED_JSON,
     ApiError,
     CompatibleStream,
     NativeStream,
@@ -364,11 +366,12 @@ def test_data_uri_errors(uri: str, message: str) -> None:
         pytest.param(0.2, 1, id="part-second"),
         pytest.param(3.0, 3, id="whole"),
         pytest.param(3.261, 4, id="rounds-up"),
+        pytest.param((0.1 + 0.2) * 10, 3, id="float-noise-is-not-a-second"),
     ],
 )
 def test_billed_seconds_round_up(duration_s: float, seconds: int) -> None:
-    """usage.seconds is the audio duration rounded up to whole seconds."""
-    assert billed_seconds(duration_s) == seconds
+    """usage.seconds is the audio duration rounded up to whole seconds, as the worker bills it."""
+    assert billed_seconds(duration_s) == seconds == api_limits.billed_seconds(duration_s)
 
 
 @pytest.mark.parametrize(
@@ -381,3 +384,57 @@ def test_billed_seconds_round_up(duration_s: float, seconds: int) -> None:
 def test_count_tokens(text: str, tokens: int) -> None:
     """Tokens are approximated per CJK character, word and punctuation mark."""
     assert count_tokens(text) == tokens
+
+
+def _with_context(context: str) -> bytes:
+    body = _native_body()
+    body["input"]["messages"][0]["content"] = [{"text": context}]
+    return orjson.dumps(body)
+
+
+def test_a_context_at_the_token_limit_is_accepted() -> None:
+    """10,000 tokens of context is within the API's limit."""
+    context = "word " * api_limits.MAX_CONTEXT_TOKENS
+    assert parse_native_request(_with_context(context)).context == context
+
+
+@pytest.mark.parametrize("endpoint", ["native", "compatible"])
+def test_a_context_over_the_token_limit_is_refused(endpoint: str) -> None:
+    """One token more is a 400 InvalidParameter that says how long it was and the limit."""
+    context = "word " * (api_limits.MAX_CONTEXT_TOKENS + 1)
+    if endpoint == "native":
+        raw = _with_context(context)
+        parse = parse_native_request
+    else:
+        content = [{"type": "input_audio", "input_audio": {"data": AUDIO}}]
+        messages = [{"role": "system", "content": context}, _user(content)]
+        raw = orjson.dumps({"model": "qwen3-asr-flash", "messages": messages})
+        parse = parse_compatible_request
+    with pytest.raises(ApiError) as caught:
+        parse(raw)
+    assert (caught.value.status, caught.value.code) == (400, "InvalidParameter")
+    assert "10001 tokens" in caught.value.message
+    assert "limit of 10000 tokens" in caught.value.message
+
+
+def test_malformed_frame_is_a_numbered_result_event_without_json() -> None:
+    """The injected broken frame keeps the framing and numbering; only its data is not JSON."""
+    stream = NativeStream(request_id=RID, seconds=1, incremental=True)
+    frames = stream.piece("a") + stream.malformed()
+    assert frames.endswith(
+        b"id:2\nevent:result\n:HTTP_STATUS/200\ndata:" + MALFORMED_JSON + b"\n\n"
+    )
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(MALFORMED_JSON)
+
+
+def test_finish_reason_length_ends_both_apis_replies() -> None:
+    """An engine stopped at its output limit ends the reply with "length" instead of "stop"."""
+    native = NativeStream(request_id=RID, seconds=1, incremental=True, finish_reason="length")
+    (last,) = _events(native.finish())
+    assert last["output"]["choices"][0]["finish_reason"] == "length"
+    compatible = CompatibleStream(
+        request_id=RID, seconds=1, model="m", created=7, finish_reason="length"
+    )
+    stop = orjson.loads(compatible.finish().split(b"\n\n")[0][len(b"data: ") :])
+    assert stop["choices"][0]["finish_reason"] == "length"
