@@ -309,7 +309,7 @@ class Pipeline:
                         )
                     )
         except* PipelineError as errors:
-            raise errors.exceptions[0] from None
+            raise _first(errors) from None
         timings["transcribe_s"] = time.perf_counter() - t
         timings["first_delta_s"] = progress.first_delta_s
         timings["total_s"] = time.perf_counter() - progress.started
@@ -502,6 +502,12 @@ class Pipeline:
             "call": recording.call,
             "completed_at": now_iso(),
         }
+
+
+def _first(group: BaseExceptionGroup[PipelineError]) -> PipelineError:
+    """The first error of a group that task groups may have nested (one per channel)."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _roles(recording: Recording, channels: int) -> tuple[str | None, ...]:
