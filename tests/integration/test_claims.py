@@ -3,6 +3,8 @@
 - A recording whose deadline runs out ends in one failed event ``deadline_exceeded``,
   ``retryable`` true; one whose attempts run out ends with its last transient error
   (``asr_timeout`` here), ``retryable`` true, after exactly ``STREAMS_ASR_ATTEMPTS`` requests.
+- A stream carrying a frame that is not JSON ends in one failed event ``asr_protocol_error``
+  (permanent: not retried).
 - Final event ids are UUIDv5 of the recording id in the service's namespace.
 - A partition-count mismatch between the recordings topic and the ``finalized`` table's
   changelog stops the worker before any recognition request is sent.
@@ -111,6 +113,31 @@ async def test_a_recording_whose_attempts_run_out_fails_with_its_last_transient_
     assert (error["code"], error["retryable"]) == ("asr_timeout", True), error
     assert failed.value["attempts"] == attempts
     assert len(_requests(scripted_server, "mute")) == attempts
+
+
+async def test_a_malformed_frame_fails_the_recording_asr_protocol_error_at_once(
+    stack: Stack, scripted_server: ScriptedServer
+) -> None:
+    """A stream whose frame is not JSON (after one good delta) is a permanent
+    ``asr_protocol_error``: one failed event, not retryable, after one request; the good
+    recording beside it is final."""
+    scripted_server.set_faults(
+        [{"match": {"context_contains": "#garbled"}, "fault": "malformed_frame", "after_deltas": 1}]
+    )
+    stack.start_worker()
+    await stack.publish([_event(stack, "garbled", "garbled"), _event(stack, "good", "good")])
+    await stack.collect(lambda ms: len(stack.terminal(ms)) >= 2)
+    messages = await stop_and_drain(stack)
+    for message in messages:
+        validate(message)
+
+    failed = _one_terminal(stack, messages, "garbled")
+    assert failed.topic == stack.failed
+    error = failed.value["error"]
+    assert (error["code"], error["retryable"]) == ("asr_protocol_error", False), error
+    assert failed.value["attempts"] == 1
+    assert len(_requests(scripted_server, "garbled")) == 1  # permanent: never retried
+    assert _one_terminal(stack, messages, "good").topic == stack.final
 
 
 async def test_final_event_ids_are_uuid5_of_the_recording_id(
