@@ -31,6 +31,7 @@ __all__ = [
     "asset",
     "conversation_script",
     "english_clips",
+    "hold_music",
     "make_format",
     "manifest",
     "speech_bounds",
@@ -203,6 +204,21 @@ def conversation_script(
         channel = 0
         t = turn(t + monologue_s) + 1.0
     return script
+
+
+def hold_music(samples: int, rng: np.random.Generator) -> np.ndarray:
+    """Plucked notes (attack, decay, four harmonics) every 0.4 s at -20 dBFS peak, as float
+    samples at 16 kHz: hold music, which WebRTC's VAD is known to call speech."""
+    out = np.zeros(samples)
+    note = int(0.4 * 16_000)
+    for start in range(0, samples, note):
+        t = np.arange(min(note, samples - start)) / 16_000
+        f0 = 220 * 2 ** (int(rng.integers(0, 12)) / 12)
+        envelope = np.minimum(1, t * 20) * np.exp(-t * 2)
+        for harmonic, amplitude in ((1, 1), (2, 0.5), (3, 0.3), (5, 0.15)):
+            out[start : start + len(t)] += amplitude * np.sin(2 * np.pi * f0 * harmonic * t)
+        out[start : start + len(t)] *= envelope
+    return out / np.abs(out).max() * 0.1 * 32768
 
 
 def write_wav_blocks(

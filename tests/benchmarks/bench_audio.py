@@ -41,6 +41,7 @@ from streams.pipeline import _chunk_uri, _decode_and_plan, chunk_policy
 from tests.audio import (
     conversation_script,
     english_clips,
+    hold_music,
     stereo_call,
     transcode,
     write_wav,
@@ -384,20 +385,6 @@ def _vad_candidates() -> dict[str, Callable[[np.ndarray], tuple[int, np.ndarray]
     return found
 
 
-def _music(samples: int, rng: np.random.Generator) -> np.ndarray:
-    """Plucked notes (attack, decay, four harmonics) every 0.4 s at -20 dBFS: hold music."""
-    out = np.zeros(samples)
-    note = int(0.4 * SAMPLE_RATE)
-    for start in range(0, samples, note):
-        t = np.arange(min(note, samples - start)) / SAMPLE_RATE
-        f0 = 220 * 2 ** (int(rng.integers(0, 12)) / 12)
-        envelope = np.minimum(1, t * 20) * np.exp(-t * 2)
-        for harmonic, amplitude in ((1, 1), (2, 0.5), (3, 0.3), (5, 0.15)):
-            out[start : start + len(t)] += amplitude * np.sin(2 * np.pi * f0 * harmonic * t)
-        out[start : start + len(t)] *= envelope
-    return out / np.abs(out).max() * 0.1 * 32768
-
-
 def _vad_material(kind: str, words: dict[str, list[tuple[float, float]]]) -> tuple[Any, ...]:
     """Four minutes of clips at random levels with gaps of silence, noise, music or a phone."""
     clips = english_clips()
@@ -408,7 +395,7 @@ def _vad_material(kind: str, words: dict[str, list[tuple[float, float]]]) -> tup
         gap = int(rng.uniform(0.3, 8) * SAMPLE_RATE)
         filler = np.zeros(gap)
         if kind == "hold music" and gap > SAMPLE_RATE:
-            filler = _music(gap, rng)
+            filler = hold_music(gap, rng)
         parts.append(filler)
         pos += gap
         name = names[int(rng.integers(len(names)))]

@@ -23,7 +23,7 @@ What is modelled, and from where:
   1997, SWBD-DAMSL): a real word or two, 0.3-0.8 s, on the listening channel, in a third of the
   pauses of the other party's turns, 4 dB softer than that party's turns. They are not turns.
 - **Hold**: the agent says a short sentence, 0.4-1 s later hold music (plucked notes, as
-  bench_audio's ``_music``) plays on the agent channel only for the call's hold seconds; the
+  tests/audio.py's ``hold_music``) plays on the agent channel only for the call's hold seconds; the
   customer's line carries only its noise meanwhile; the agent then speaks first again.
 - **Line**: each channel has -60 dBFS white noise under everything (a line is never digitally
   silent); each phrase is scaled to its speaker's level (agent -20 dBFS, customer -24 dBFS
@@ -59,7 +59,7 @@ import numpy as np
 import orjson
 
 from streams.decode import SAMPLE_RATE, decode_sync
-from tests.audio import AUDIO_DIR, asset, english_clips, write_wav, write_wav_blocks
+from tests.audio import AUDIO_DIR, asset, english_clips, hold_music, write_wav, write_wav_blocks
 
 __all__ = [
     "CALLS",
@@ -481,21 +481,6 @@ def _script(spec: CallSpec, rng: np.random.Generator) -> tuple[_Track, list[Talk
     return track, talk, hold, end
 
 
-def _hold_music(samples: int, rng: np.random.Generator) -> np.ndarray:
-    """Plucked notes (attack, decay, four harmonics) every 0.4 s at -20 dBFS peak: hold music
-    (bench_audio's ``_music``, which the VAD is known to call speech)."""
-    out = np.zeros(samples)
-    note = int(0.4 * SAMPLE_RATE)
-    for start in range(0, samples, note):
-        t = np.arange(min(note, samples - start)) / SAMPLE_RATE
-        f0 = 220 * 2 ** (int(rng.integers(0, 12)) / 12)
-        envelope = np.minimum(1, t * 20) * np.exp(-t * 2)
-        for harmonic, amplitude in ((1, 1), (2, 0.5), (3, 0.3), (5, 0.15)):
-            out[start : start + len(t)] += amplitude * np.sin(2 * np.pi * f0 * harmonic * t)
-        out[start : start + len(t)] *= envelope
-    return out / np.abs(out).max() * 0.1 * 32768
-
-
 def compose(spec: CallSpec) -> tuple[np.ndarray, CallTruth]:
     """The call as int16 ``(2, samples)`` at 16 kHz, and its ground truth; same spec, same call."""
     rng = np.random.default_rng(spec.seed)
@@ -511,7 +496,7 @@ def compose(spec: CallSpec) -> tuple[np.ndarray, CallTruth]:
         pcm[-fade:] *= ramp[::-1][-len(pcm) :]
         call[channel, at : at + len(pcm)] += pcm
     if hold:
-        call[AGENT, hold[0] : hold[1]] += _hold_music(hold[1] - hold[0], rng)
+        call[AGENT, hold[0] : hold[1]] += hold_music(hold[1] - hold[0], rng)
     truth = CallTruth(samples, tuple(talk), hold, spec.languages)
     return np.clip(np.rint(call), -32768, 32767).astype(np.int16), truth
 
