@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from streams.api_limits import per_second_limit
+from streams.app import FaustSender, Runtime
+from streams.config import Settings
 from streams.errors import RecognitionThrottled, RecognitionUnavailable
 from streams.ratelimit import Admission, RateLimitedBackend, RequestLimiter, Share, SlotPlan
 from streams.transcribe import Delta, RecognitionOptions, Result
@@ -354,3 +356,15 @@ class TestRateLimitedBackend:
     def test_keeps_the_inner_backend_name(self) -> None:
         """Final events name the real backend, not the wrapper."""
         assert RateLimitedBackend(_Backend(), RequestLimiter(SlotPlan(100, 8))).name == "fake"
+
+
+def test_the_worker_exports_its_share_on_every_rebalance() -> None:
+    """The share gauges follow the partitions the worker is handed and gives up."""
+    settings = Settings(topic_partitions=8, asr_requests_per_minute=100)
+    runtime = Runtime(settings, FaustSender({}))
+    runtime.hold_partitions([1, 2])
+    exposition = runtime.metrics.exposition().decode()
+    assert "streams_asr_rate_share_partitions 2.0" in exposition
+    assert "streams_asr_rate_share_requests_per_minute 25.0" in exposition
+    assert runtime.release_partitions([1]) == Share((2,), 8, 12.5) == runtime.limiter.share
+    assert "streams_asr_rate_share_partitions 1.0" in runtime.metrics.exposition().decode()
