@@ -7,9 +7,10 @@ they already agree on: Kafka assigns each partition of the recordings topic to o
 
 **Slots.** Unix time is cut into slots of ``60 / RPM`` seconds counted from the epoch: slot
 ``k`` starts at ``k * 60 / RPM`` and belongs to partition ``k mod P`` (P: partitions of the
-recordings topic). A worker starts a request only inside the *send window* that opens a slot
-owned by a partition assigned to it, and uses each slot once. A request that misses the
-window (the event loop woke late, a 429 pause ended mid-slot) waits for the next owned slot.
+recordings topic; with guard slots, below, it is the usable slots that are dealt out in
+turn). A worker starts a request only inside the *send window* that opens a slot owned by a
+partition assigned to it, and uses each slot once. A request that misses the window (the
+event loop woke late, a 429 pause ended mid-slot) waits for the next owned slot.
 A worker's share is therefore its share of the partitions, and is split again on every
 rebalance (:meth:`RequestLimiter.assign`, wired to faust's signals in ``streams/app.py``);
 with no partition assigned, no request starts.
@@ -105,14 +106,31 @@ class SlotPlan:
         start = self.start(slot)
         return start, min(start + self.window_s, math.floor(start) + 1.0)
 
+    @property
+    def _slots_per_minute(self) -> int | None:
+        """Slots in a calendar minute when they are a whole number of at least 2 (guarded)."""
+        rpm = self.requests_per_minute
+        return int(rpm) if rpm >= 2 and float(rpm).is_integer() else None
+
     def is_guard(self, slot: int) -> bool:
         """Whether ``slot`` is the last of its calendar minute, which no partition owns."""
-        rpm = self.requests_per_minute
-        return rpm >= 2 and float(rpm).is_integer() and (slot + 1) % int(rpm) == 0
+        per_minute = self._slots_per_minute
+        return per_minute is not None and (slot + 1) % per_minute == 0
 
     def owner(self, slot: int) -> int | None:
-        """The partition that owns ``slot`` (None for a guard slot)."""
-        return None if self.is_guard(slot) else slot % self.partitions
+        """The partition that owns ``slot`` (None for a guard slot).
+
+        Partitions take the usable slots in turn: with guard slots, slot k is the
+        ``k - (guards before it)``-th usable one. Plain ``k mod P`` would hand every guard to
+        the same partition when RPM is a multiple of P, and a partition whose every slot is
+        a guard (RPM = P, say) would never send.
+        """
+        per_minute = self._slots_per_minute
+        if per_minute is None:
+            return slot % self.partitions
+        if (slot + 1) % per_minute == 0:
+            return None
+        return (slot - (slot + 1) // per_minute) % self.partitions
 
     def next_slot(self, now: float, partitions: frozenset[int], after: int) -> int:
         """The first slot after ``after`` that ``partitions`` own and whose window is open
@@ -195,7 +213,11 @@ class RequestLimiter:
         return self.plan.share(self._owned)
 
     def assign(self, partitions: Iterable[int]) -> Share:
-        """Hold exactly ``partitions`` of the recordings topic from now on (a rebalance)."""
+        """Hold exactly ``partitions`` of the recordings topic from now on (a rebalance).
+
+        Each change is logged at INFO ("rate share: partitions [..] of P, X requests/min"),
+        with the figures as fields, so that a worker's record tells which slots it held when.
+        """
         wanted = set(partitions)
         owned = frozenset(p for p in wanted if 0 <= p < self.plan.partitions)
         if wanted - owned:
@@ -204,12 +226,14 @@ class RequestLimiter:
                 sorted(wanted - owned),
                 self.plan.partitions,
             )
-        self._owned = owned
+        changed, self._owned = owned != self._owned, owned
         if owned:
             self._has_share.set()
         else:
             self._has_share.clear()
         share = self.share
+        if not changed:
+            return share
         log.info(
             "rate share: partitions %s of %d, %.1f requests/min",
             list(share.partitions),
@@ -256,7 +280,8 @@ class RequestLimiter:
     def _admit(self, slot: int, now: float, start: float) -> Admission:
         self._last_slot = slot
         self.admitted += 1
-        partition = slot % self.plan.partitions
+        partition = self.plan.owner(slot)
+        assert partition is not None  # next_slot returns owned slots only
         log.info(
             "request admitted in slot %d of partition %d at %.6f",
             slot,

@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 from streams.api_limits import per_second_limit
+from streams.ratelimit import SlotPlan
 from tests.audio import AUDIO_DIR, asset
 from tests.fixtures.asr_server import ScriptedServer, run_scripted_server
 from tests.fixtures.worker import Stack, WorkerProcess
@@ -212,10 +213,11 @@ async def test_two_workers_keep_the_account_quota_with_no_429(
     admitted = {id(w): _admissions(w) for w in (first, second)}
     assert all(admitted.values()), "both workers sent requests in their share"
     everything = [a for records in admitted.values() for a in records]
+    plan = SlotPlan(QUOTA_RPM, PARTITIONS)
     assert len(everything) == len(arrivals)
     for a in everything:
         assert a["rate_partition"] in a["held"]
-        assert a["rate_slot"] % PARTITIONS == a["rate_partition"]
+        assert plan.owner(a["rate_slot"]) == a["rate_partition"]
     slots = [a["rate_slot"] for a in everything]
     assert len(set(slots)) == len(slots), "two requests of the group in one slot"
     admitted_at = sorted(a["admitted_at"] for a in everything)

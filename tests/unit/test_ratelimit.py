@@ -102,6 +102,18 @@ class TestSlotPlan:
         # Fractional rates keep every slot (and no per-minute promise).
         assert SlotPlan(100.5, partitions=8).owner(first + 99) is not None
 
+    @pytest.mark.parametrize(("rpm", "partitions"), [(8, 8), (100, 4), (100, 200), (2, 4)])
+    def test_every_partition_gets_its_turn_when_rpm_is_a_multiple_of_p(
+        self, rpm: int, partitions: int
+    ) -> None:
+        """Guards are skipped in the turn, so no partition is left with guard slots only."""
+        plan = SlotPlan(rpm, partitions)
+        first = plan.slot_at(MINUTE)
+        owners = collections.Counter(plan.owner(k) for k in range(first, first + rpm * partitions))
+        assert owners.pop(None) == partitions  # one guard a minute
+        assert set(owners) == set(range(partitions))
+        assert set(owners.values()) == {rpm - 1}  # the same share each
+
     def test_the_send_window_opens_each_slot(self) -> None:
         """15 % of the slot, never less than 5 ms nor more than the slot, never past its second."""
         assert SlotPlan(100, 8).window(5) == (3.0, pytest.approx(3.09))
