@@ -1,19 +1,24 @@
 """Settings: one frozen object read from the environment at startup and passed down.
 
 Every variable is ``STREAMS_<FIELD>`` (upper case), except the few that have a well-known
-name elsewhere: ``KAFKA_BOOTSTRAP_SERVERS`` and ``DASHSCOPE_API_KEY``. Durations are seconds,
-sizes bytes. Stage modules never read the environment; they get the values they need.
+name elsewhere: ``KAFKA_BOOTSTRAP_SERVERS``, the ``KAFKA_SECURITY_PROTOCOL``/``KAFKA_SASL_*``/
+``KAFKA_SSL_*`` family (named as in Kafka's own client configs) and ``DASHSCOPE_API_KEY``.
+Durations are seconds, sizes bytes. Stage modules never read the environment; they get the
+values they need.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streams.api_limits import MAX_DATA_URI_BYTES
+
+if TYPE_CHECKING:
+    from streams.kafka_security import KafkaSecurity
 
 __all__ = ["DASHSCOPE_REGIONS", "LOCAL_ASR_URL", "Settings"]
 
@@ -24,6 +29,11 @@ DASHSCOPE_REGIONS = {
     "us": "https://dashscope-us.aliyuncs.com",
 }
 LOCAL_ASR_URL = "http://127.0.0.1:8765"
+
+
+def _kafka_env(name: str, default: object = None, **kwargs: object) -> Any:
+    """A field read from ``NAME`` as Kafka users spell it, or from ``STREAMS_NAME``."""
+    return Field(default=default, validation_alias=AliasChoices(name, f"STREAMS_{name}"), **kwargs)
 
 
 def _split_csv(value: object) -> object:
@@ -44,6 +54,27 @@ class Settings(BaseSettings):
         default="127.0.0.1:9092",
         validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "STREAMS_KAFKA_BOOTSTRAP_SERVERS"),
     )
+    # How every client (worker, topics, publish, tail, dev tools) authenticates and encrypts;
+    # streams/kafka_security.py turns these into faust's and aiokafka's options.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = _kafka_env(
+        "KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = _kafka_env(
+        "KAFKA_SASL_MECHANISM"
+    )
+    """PLAIN when a SASL protocol is chosen and this is not set."""
+    kafka_sasl_username: str | None = _kafka_env("KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = _kafka_env("KAFKA_SASL_PASSWORD")
+    kafka_sasl_password_file: FilePath | None = _kafka_env("KAFKA_SASL_PASSWORD_FILE")
+    """A file holding the SASL password (a mounted secret); instead of KAFKA_SASL_PASSWORD."""
+    kafka_ssl_cafile: FilePath | None = _kafka_env("KAFKA_SSL_CAFILE")
+    """PEM CA bundle the broker's certificate must chain to; the system's CAs when unset."""
+    kafka_ssl_certfile: FilePath | None = _kafka_env("KAFKA_SSL_CERTFILE")
+    """PEM client certificate for mTLS (may also hold the key)."""
+    kafka_ssl_keyfile: FilePath | None = _kafka_env("KAFKA_SSL_KEYFILE")
+    kafka_connect_timeout_s: float = Field(default=30.0, gt=0)
+    """How long a command keeps trying to reach Kafka at start before it exits with the
+    reason; a refused login or certificate ends it at once."""
     app_id: str = "call-transcriber"
     """Faust application id, which is also the consumer group."""
     topic_recordings: str = "recordings"
@@ -92,6 +123,10 @@ class Settings(BaseSettings):
     """How long a recording's outcome is remembered; republished later, it is transcribed again."""
     recording_deadline_s: float = 900.0
     """Time budget of one recording, retries included."""
+    max_starts: int = Field(default=3, ge=2)
+    """Starts of a recording that may end with the worker dying before it is failed
+    ``worker_crashed`` instead of processed again; the last of them runs alone in the worker
+    (streams/crashloop.py says why 3)."""
     price_per_second_usd: float = 0.000035
 
     # Recognition defaults, overridden by each event's `recognition` object
@@ -139,6 +174,22 @@ class Settings(BaseSettings):
                     data[name] = _split_csv(data[name])
         return data
 
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _kafka_upper(cls, value: object) -> object:
+        # Kafka's docs and users write these in either case (sasl_ssl, scram-sha-256).
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _kafka_security_rules(self) -> Settings:
+        # Combinations are checked where the clients are built, so no path skips the check;
+        # here it runs once at start, so a wrong combination stops every command before it
+        # connects (a ValueError names the variables).
+        from streams.kafka_security import KafkaSecurity
+
+        KafkaSecurity.from_settings(self)
+        return self
+
     @model_validator(mode="after")
     def _region_rules(self) -> Settings:
         # The US region serves no OpenAI-compatible mode (dashscope-protocol notes, §0).
@@ -163,6 +214,13 @@ class Settings(BaseSettings):
         if self.api_key_file is not None:
             return self.api_key_file.read_text().strip() or None
         return None
+
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        """How this process's Kafka clients authenticate and encrypt (kafka_security.py)."""
+        from streams.kafka_security import KafkaSecurity
+
+        return KafkaSecurity.from_settings(self)
 
     @property
     def resolved_asr_base_url(self) -> str:

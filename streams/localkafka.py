@@ -5,6 +5,10 @@ classpath is copied from Maven Central with ``mvn dependency:copy-dependencies``
 self-contained cache, then ``kafka.Kafka`` runs straight from it (kafka-faust.md §2).
 
 Run it in the foreground with ``python -m streams.localkafka --port 9092``.
+
+``secure=True`` (``--secure``) runs it like a managed Kafka: SASL_SSL (PLAIN and SCRAM) and
+mTLS listeners only, SCRAM users made at format time, a fresh CA and broker certificate at each
+start (streams/localca.py) and StandardAuthorizer ACLs (kafka_resources/server-secure.properties).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -25,13 +30,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from string import Template
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+
+from streams.kafka_security import PLAINTEXT, KafkaSecurity, SaslMechanism
 
 __all__ = [
     "DEFAULT_PORT",
@@ -154,10 +161,13 @@ def _java() -> str:
     return java
 
 
-async def _cluster_id(bootstrap: str) -> str | None:
+async def _cluster_id(bootstrap: str, security: KafkaSecurity) -> str | None:
     """Return the cluster id a metadata request to ``bootstrap`` reports."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, client_id="localkafka-probe", request_timeout_ms=3000
+        bootstrap_servers=bootstrap,
+        client_id="localkafka-probe",
+        request_timeout_ms=3000,
+        **security.client_kwargs(),
     )
     try:
         await admin.start()
@@ -167,11 +177,11 @@ async def _cluster_id(bootstrap: str) -> str | None:
     return cluster.get("cluster_id")
 
 
-def _probe(bootstrap: str) -> str | None:
+def _probe(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> str | None:
     # A private loop in a helper thread: works under a running loop (async fixtures), where
     # asyncio.run refuses, and never resets the caller's current loop as asyncio.run does.
     with ThreadPoolExecutor(1, thread_name_prefix="localkafka-probe") as pool:
-        return pool.submit(asyncio.run, _cluster_id(bootstrap)).result()
+        return pool.submit(asyncio.run, _cluster_id(bootstrap, security)).result()
 
 
 def _accepts(port: int) -> bool:
@@ -203,12 +213,19 @@ class LocalKafka:
         port: int | None = None,
         run_dir: Path | None = None,
         config: Mapping[str, str] | None = None,
+        secure: bool = False,
+        users: Iterable[str] = ("admin", "worker"),
     ) -> None:
         self.libs_dir = libs_dir
-        free = _free_ports(3)
+        free = _free_ports(4)
         self.port = free[0] if port is None else port
-        # Two distinct free ports always leave one that differs from a given client port.
-        self.controller_port = next(p for p in free[1:] if p != self.port)
+        # Three distinct free ports always leave two that differ from a given client port.
+        self.controller_port, self.ssl_port = [p for p in free[1:] if p != self.port][:2]
+        self.secure = secure
+        """SASL_SSL on ``port`` and mTLS on ``ssl_port`` instead of PLAINTEXT, with ACLs."""
+        # "admin" is the super user that creates topics and ACLs; the others get only what
+        # an ACL grants them.
+        self.users = tuple(dict.fromkeys(("admin", *users))) if secure else ()
         self._own_run_dir = run_dir is None
         self.run_dir = Path(tempfile.mkdtemp(prefix="localkafka-")) if run_dir is None else run_dir
         self.log_path = self.run_dir / "server.log"
@@ -227,6 +244,51 @@ class LocalKafka:
         """Whether the broker process exists and has not exited."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def ssl_bootstrap(self) -> str:
+        """The ``host:port`` of the mTLS listener (secure mode only)."""
+        return f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Passwords of the SCRAM/PLAIN users, one ``<user>.password`` file each (mode 0600)."""
+        return self.run_dir / "secrets"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The CA (``ca.pem``), the broker's certificate and one client certificate per user."""
+        return self.run_dir / "tls"
+
+    def password(self, user: str) -> str:
+        """The password of ``user`` (kept in :attr:`secrets_dir`, so a restart keeps it)."""
+        return (self.secrets_dir / f"{user}.password").read_text()
+
+    def security(
+        self, user: str = "admin", mechanism: SaslMechanism = "SCRAM-SHA-512"
+    ) -> KafkaSecurity:
+        """How ``user`` connects to :attr:`bootstrap`: SASL_SSL with ``mechanism`` (PLAINTEXT
+        when the broker is not secure)."""
+        if not self.secure:
+            return PLAINTEXT
+        from pydantic import SecretStr
+
+        return KafkaSecurity(
+            protocol="SASL_SSL",
+            mechanism=mechanism,
+            username=user,
+            password=SecretStr(self.password(user)),
+            cafile=self.tls_dir / "ca.pem",
+        )
+
+    def mtls_security(self, user: str) -> KafkaSecurity:
+        """How ``user`` connects to :attr:`ssl_bootstrap`: TLS with its client certificate."""
+        return KafkaSecurity(
+            protocol="SSL",
+            cafile=self.tls_dir / "ca.pem",
+            certfile=self.tls_dir / f"{user}.crt.pem",
+            keyfile=self.tls_dir / f"{user}.key.pem",
+        )
+
     def start(self, timeout_s: float = 60.0) -> LocalKafka:
         """Format storage if needed, launch ``kafka.Kafka`` and wait until it answers metadata."""
         if self.is_running:
@@ -234,6 +296,8 @@ class LocalKafka:
         if self.libs_dir is None:
             self.libs_dir = ensure_jars(default_cache_dir())
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.secure:
+            self._make_credentials()
         properties = self._write_properties()
         self._format(properties)
         self._process = self._launch("kafka.Kafka", str(properties))
@@ -262,7 +326,8 @@ class LocalKafka:
                 raise BrokerStartError(self._failure(f"the broker exited with code {code}"))
             try:
                 if _accepts(self.port):
-                    if (cluster_id := _probe(self.bootstrap)) == self.cluster_id:
+                    cluster_id = _probe(self.bootstrap, self.security())
+                    if cluster_id == self.cluster_id:
                         return
                     last = f"answered for cluster {cluster_id!r}, not ours {self.cluster_id!r}"
             except (KafkaError, OSError) as exc:  # OSError covers TimeoutError too
@@ -326,6 +391,19 @@ class LocalKafka:
         text = template.substitute(
             port=self.port, controller_port=self.controller_port, data_dir=data_dir
         )
+        if self.secure:
+            secure = Template((_RESOURCES / "server-secure.properties").read_text())
+            # PLAIN logins are checked against the JAAS entries; SCRAM ones against the
+            # credentials StorageTool wrote into the metadata at format time.
+            plain_users = "".join(f' user_{u}="{self.password(u)}"' for u in self.users)
+            text += "\n" + secure.substitute(
+                port=self.port,
+                ssl_port=self.ssl_port,
+                controller_port=self.controller_port,
+                tls_dir=self.tls_dir,
+                broker_password=self.password("broker"),
+                plain_users=plain_users,
+            )
         extra = "".join(f"{key}={value}\n" for key, value in self._config.items())
         path = self.run_dir / "server.properties"
         path.write_text(text + ("\n# overrides\n" + extra if extra else ""))
@@ -336,7 +414,13 @@ class LocalKafka:
         if not meta.exists():
             # The same 22-character form as Kafka's Uuid.randomUuid(), without a JVM round trip.
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            args = ("format", "-t", cluster_id, "-c", str(properties))
+            args: tuple[str, ...] = ("format", "-t", cluster_id, "-c", str(properties))
+            for user in self.users:
+                for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+                    args += (
+                        "--add-scram",
+                        f"{mechanism}=[name={user},password={self.password(user)}]",
+                    )
             process = self._launch("kafka.tools.StorageTool", *args)
             try:
                 code = process.wait(60)
@@ -350,6 +434,26 @@ class LocalKafka:
         for line in meta.read_text().splitlines():
             if line.startswith("cluster.id="):
                 self.cluster_id = line.partition("=")[2].strip()
+
+    def _make_credentials(self) -> None:
+        from streams.localca import LocalCA
+
+        # Passwords once per run dir (SCRAM ones are fixed at format time); URL-safe, so they
+        # need no quoting in the JAAS lines or StorageTool's [name=…,password=…] syntax.
+        self.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for user in ("broker", *self.users):
+            path = self.secrets_dir / f"{user}.password"
+            if not path.exists():
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(secrets.token_urlsafe(18))
+        # A new CA and certificates at every start: nothing stale, nothing to renew.
+        shutil.rmtree(self.tls_dir, ignore_errors=True)
+        self.tls_dir.mkdir(mode=0o700, parents=True)
+        ca = LocalCA(self.tls_dir)
+        ca.issue("broker", server=True)
+        for user in self.users:
+            ca.issue(user)
 
     def _launch(self, main_class: str, *args: str) -> subprocess.Popen[bytes]:
         assert self.libs_dir is not None
