@@ -11,6 +11,11 @@ and nothing is published, or the kept final event is published again if the work
 while publishing it); after the terminal event is acknowledged by the broker, its entry is
 written to the table's changelog, and only then does the loop move on to let the offset be
 committed.
+
+Crash loops (streams/crashloop.py): before the pipeline runs, the start is counted in the same
+table and the count is on the broker; a recording that comes back after ``max_starts`` starts
+without a terminal event gets one failed event ``worker_crashed`` instead of another start, and
+its last allowed start runs alone in the worker.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import os
 import faust
 
 from streams.app import Runtime
-from streams.errors import PipelineError
+from streams.crashloop import RunGate, admission, exit_if_chosen
+from streams.errors import PipelineError, WorkerCrashed
 from streams.events import failed_event, recording_id_of
 from streams.idempotency import Ledger
 from streams.logging_setup import bind
@@ -39,6 +45,8 @@ def register_agents(
 ) -> None:
     """Attach the transcription agent to ``app``."""
 
+    gate = RunGate()  # one per worker process: "alone" means alone in this process
+
     @app.agent(recordings, name="transcribe", isolated_partitions=True, concurrency=1)
     async def transcribe(stream: faust.StreamT[bytes]) -> None:
         pipeline = runtime.pipeline()
@@ -47,13 +55,13 @@ def register_agents(
             where = f"{message.topic}[{message.partition}]@{message.offset}"
             with bind(topic=message.topic, partition=message.partition, offset=message.offset):
                 try:
-                    await _answer(pipeline, runtime, ledger, event.value, where)
+                    await _answer(pipeline, runtime, ledger, gate, event.value, where)
                 except Exception as exc:  # noqa: BLE001 (the terminal event could not be sent)
                     await _answer_unpublishable(runtime, ledger, event.value, where, exc)
 
 
 async def _answer(
-    pipeline: Pipeline, runtime: Runtime, ledger: Ledger, raw: bytes, where: str
+    pipeline: Pipeline, runtime: Runtime, ledger: Ledger, gate: RunGate, raw: bytes, where: str
 ) -> None:
     """Give the recording event at ``where`` its one terminal event, unless it has one."""
     recording_id = recording_id_of(raw)
@@ -84,11 +92,62 @@ async def _answer(
             done.at,
         )
         return
-    # process() returns only once the terminal event is acknowledged by the broker; the
-    # offset is acked when the agent's loop moves on, and committed after that.
-    with runtime.metrics.recording():
-        outcome = await pipeline.process(raw, where=where)
-    await ledger.record(outcome, where)
+    if recording_id is None:
+        # Unreadable: it fails validation before any risky stage, and has no key to count by.
+        with runtime.metrics.recording():
+            outcome = await pipeline.process(raw, where=where)
+        await ledger.record(outcome, where)
+        return
+    max_starts = runtime.settings.max_starts
+    before = ledger.starts(recording_id)
+    how = admission(before.count if before else 0, max_starts)
+    if how == "refuse":
+        assert before is not None
+        await _answer_crash_loop(runtime, ledger, raw, recording_id, where, before.count)
+        return
+    async with gate.enter(how):
+        # Counted, and on the broker, before anything that could kill the worker.
+        run = await ledger.begin(recording_id, where, attempts=runtime.settings.asr_attempts)
+        if run.number > 1:
+            log.warning(
+                "recording %s at %s: start %d of at most %d; the worker died during the "
+                "previous one (at %s)%s",
+                recording_id,
+                where,
+                run.number,
+                max_starts,
+                before.source if before else "?",
+                ", so this one runs alone in the worker" if how == "alone" else "",
+                extra={"recording_id": recording_id, "run": run.number},
+            )
+        exit_if_chosen(recording_id)
+        # process() returns only once the terminal event is acknowledged by the broker; the
+        # offset is acked when the agent's loop moves on, and committed after that.
+        with runtime.metrics.recording():
+            outcome = await pipeline.process(raw, where=where, run=run)
+        await ledger.record(outcome, where)
+
+
+async def _answer_crash_loop(
+    runtime: Runtime, ledger: Ledger, raw: bytes, recording_id: str, where: str, starts: int
+) -> None:
+    """Fail a recording that every one of its ``starts`` ended with the worker dying."""
+    error = WorkerCrashed(
+        f"the worker died {starts} times while processing this recording, the last time "
+        "while it was the only recording in the worker: it is not processed again "
+        "(publish it anew to retry)"
+    )
+    failed = failed_event(error, raw=raw, recording=None, recording_id=recording_id, attempts=0)
+    await runtime.publisher().failed(failed)
+    await ledger.record(failed, where)
+    log.error(
+        "recording %s failed at %s: %s after %d starts that each ended with the worker dying",
+        recording_id,
+        where,
+        error.code,
+        starts,
+        extra={"recording_id": recording_id, "outcome": "failed", "code": error.code},
+    )
 
 
 async def _answer_unpublishable(

@@ -114,8 +114,11 @@ def render_partial(event: dict[str, Any]) -> RenderableType:
 class _InProgress:
     recording_id: str
     started: float
-    # (channel, chunk index) -> (sequence, role, text so far of that chunk's latest attempt)
-    chunks: dict[tuple[int, int], tuple[int, str | None, str]] = field(default_factory=dict)
+    # (channel, chunk index) -> ((run, sequence), role, text so far of that chunk's latest
+    # attempt); a run after a worker died numbers its sequence from 0 again
+    chunks: dict[tuple[int, int], tuple[tuple[int, int], str | None, str]] = field(
+        default_factory=dict
+    )
 
     def lines(self) -> list[tuple[str | None, str]]:
         """(role, text so far) per channel, chunks in order."""
@@ -166,10 +169,10 @@ class TailView:
         if recording is None:
             recording = self._active[rid] = _InProgress(rid, self._clock())
         key = (int(event.get("channel") or 0), int(event.get("chunk_index") or 0))
-        sequence = int(event.get("sequence") or 0)
+        order = (int(event.get("run") or 1), int(event.get("sequence") or 0))
         held = recording.chunks.get(key)
-        if held is None or sequence >= held[0]:
-            recording.chunks[key] = (sequence, event.get("role"), str(event.get("text") or ""))
+        if held is None or order >= held[0]:
+            recording.chunks[key] = (order, event.get("role"), str(event.get("text") or ""))
 
     def summary(self) -> Text:
         """Counts and where the events come from."""

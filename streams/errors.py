@@ -12,7 +12,9 @@ The tree says what the pipeline does with an error, not where it came from::
     │   ├── UndecodableAudio          undecodable_audio, no_audio_stream, empty_audio
     │   ├── RecognitionRejected       asr_rejected (HTTP 400 / InvalidParameter)
     │   ├── RecognitionUnauthorized   asr_unauthorized (401 / 403)
-    │   └── RecognitionProtocolError  asr_protocol_error (a reply we cannot parse)
+    │   ├── RecognitionProtocolError  asr_protocol_error (a reply we cannot parse)
+    │   └── WorkerCrashed             worker_crashed (the worker died each time it processed
+    │                                 the recording; streams/crashloop.py)
     └── TransientError                retry with backoff inside the recording's deadline
         ├── FetchUnavailable          fetch_unavailable (timeouts, 5xx, dropped download)
         ├── RecognitionThrottled      asr_throttled (429, honours Retry-After; also the codes
@@ -51,6 +53,11 @@ the broker refuses the final    fail      ``internal_error``, stage ``publish`` 
                                           the topic, say), published by the agent instead
 no terminal event can be        stop      the worker exits (status 75) without committing
 published (the broker is gone)            the offset: the recording is redelivered
+the worker died (killed, out    (count)   the start was counted in the ``finalized`` table
+of memory, a decoder crash)               before the risky stages; redelivered, it starts
+while processing it                       again, its last allowed start alone in the worker
+started ``STREAMS_MAX_STARTS``  fail      ``worker_crashed`` at once, without processing it
+times without a terminal event            again (streams/crashloop.py)
 ==============================  ========  =================================================
 
 An exception must never leave the agent's loop: faust acknowledges the current event when its
@@ -82,6 +89,7 @@ __all__ = [
     "ReferenceRejected",
     "TransientError",
     "UndecodableAudio",
+    "WorkerCrashed",
     "disposition",
     "retry_wait",
 ]
@@ -190,6 +198,17 @@ class RecognitionProtocolError(PermanentError):
 
     code = "asr_protocol_error"
     stage = "transcribe"
+
+
+class WorkerCrashed(PermanentError):
+    """The worker died every time it processed this recording: it is not processed again.
+
+    A poison file (a decoder crash, memory exhausted) would otherwise kill every worker it is
+    redelivered to, for ever, and stall its partition; each round might be billed again.
+    """
+
+    code = "worker_crashed"
+    stage = "pipeline"
 
 
 class FetchUnavailable(TransientError):

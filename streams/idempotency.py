@@ -21,7 +21,11 @@ What the agent does with it (:meth:`Ledger.answered`):
   its final event got out: the final event kept in the entry is published again as it was
   (same ``event_id``, same content), without recognition, and the entry becomes *final*;
 - a recording with a *failed* entry is skipped only when it is the very same event again (same
-  topic, partition and offset); a republished one is processed, since failures can be retried.
+  topic, partition and offset); a republished one is processed, since failures can be retried;
+- a recording with a *started* entry was being processed when a worker died (the entry counts
+  the starts since its last terminal event, streams/crashloop.py): it is started again, or
+  failed ``worker_crashed`` once it has had ``STREAMS_MAX_STARTS`` starts (:meth:`Ledger.begin`
+  writes the entry, and waits for the broker, before the risky stages run).
 
 The order of writes (:class:`LedgerPublisher` and the agent) is: the *publishing* entry (with
 the final event) is acknowledged by the broker, then the final event, then the *final* entry,
@@ -48,14 +52,29 @@ from typing import Any
 
 import faust
 
+from streams.crashloop import Run
 from streams.events import now_iso
 from streams.publish import Publisher
 
-__all__ = ["Ledger", "LedgerPublisher", "Outcome"]
+__all__ = ["Ledger", "LedgerPublisher", "Outcome", "Starts", "changelog_configs", "changelog_topic"]
 
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "finalized"
+
+
+def changelog_topic(app_id: str) -> str:
+    """The name faust gives the table's changelog topic."""
+    return f"{app_id}-{TABLE_NAME}-changelog"
+
+
+def changelog_configs(retention_s: float) -> dict[str, str]:
+    """Topic configs of the changelog: compacted, and entries older than the retention deleted.
+
+    Compacted keeps one entry per recording; delete drops those older than the retention,
+    which bounds the changelog (and the store rebuilt from it).
+    """
+    return {"cleanup.policy": "compact,delete", "retention.ms": str(int(retention_s * 1000))}
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,39 @@ class Outcome:
         return cls(*fields, event=event if isinstance(event, dict) else None)
 
 
+@dataclass(frozen=True)
+class Starts:
+    """Starts of a recording since its last terminal event (a *started* entry)."""
+
+    count: int
+    attempt_base: int
+    """Where the attempt numbers of the latest start began."""
+    attempts: int
+    """Attempts per chunk the latest start could use (its ``STREAMS_ASR_ATTEMPTS``)."""
+    source: str
+    at: str
+
+    @classmethod
+    def from_value(cls, value: Any) -> Starts | None:
+        """Read a table value; None unless it is a *started* entry."""
+        if not isinstance(value, dict) or value.get("outcome") != "started":
+            return None
+        try:
+            return cls(
+                count=int(value["starts"]),
+                attempt_base=int(value["attempt_base"]),
+                attempts=int(value["attempts"]),
+                source=str(value["source"]),
+                at=str(value["at"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def next_run(self) -> Run:
+        """The run that follows these starts, numbering its attempts above theirs."""
+        return Run(self.count + 1, self.attempt_base + self.attempts)
+
+
 class Ledger:
     """The ``finalized`` table and the two questions asked of it."""
 
@@ -96,12 +148,8 @@ class Ledger:
             partitions=partitions,
             store=store,
             help="Terminal outcome of each recording id, for idempotent redelivery.",
-            # Compacted keeps one entry per recording; delete drops those older than the
-            # retention, which bounds the changelog (and the store rebuilt from it).
-            extra_topic_configs={
-                "cleanup.policy": "compact,delete",
-                "retention.ms": str(int(retention_s * 1000)),
-            },
+            # The worker creates the topic with these before faust starts (streams/topics.py).
+            extra_topic_configs=changelog_configs(retention_s),
         )
 
     def forget_expired(self) -> int:
@@ -134,9 +182,38 @@ class Ledger:
             return None
         if found.outcome == "publishing" and found.event is None:
             return None  # cannot happen with values this module wrote; redo to be safe
-        if found.outcome in ("final", "publishing") or found.source == source:
+        if found.outcome in ("final", "publishing"):
+            return found
+        if found.outcome == "failed" and found.source == source:
             return found
         return None
+
+    def starts(self, recording_id: str) -> Starts | None:
+        """The starts of this recording that ended without a terminal event, if any."""
+        return Starts.from_value(self.table.get(recording_id))
+
+    async def begin(self, recording_id: str, source: str, *, attempts: int) -> Run:
+        """Count a start of the recording and wait until the count is on the broker.
+
+        Called before the risky stages: if the worker dies during them, the restarted worker
+        reads the count back from the changelog (streams/crashloop.py). ``attempts`` is the
+        most attempts per chunk this start may use, for the next run's attempt numbers.
+        Must run inside the agent's iteration, like :meth:`record`.
+        """
+        before = self.starts(recording_id)
+        run = before.next_run() if before is not None else Run(1)
+        await self._put(
+            recording_id,
+            {
+                "outcome": "started",
+                "starts": run.number,
+                "attempt_base": run.attempt_base,
+                "attempts": attempts,
+                "source": source,
+                "at": now_iso(),
+            },
+        )
+        return run
 
     async def record(self, event: dict[str, Any], source: str) -> None:
         """Remember the terminal ``event`` (once the broker has it) and wait for the changelog.
@@ -164,6 +241,9 @@ class Ledger:
         }
         if keep_event:
             value["event"] = event
+        await self._put(recording_id, value)
+
+    async def _put(self, recording_id: str, value: dict[str, Any]) -> None:
         table = self.table
         # What ``table[recording_id] = value`` does, keeping the changelog future so that the
         # recording's offset moves on only once the entry is on the broker (this narrows the

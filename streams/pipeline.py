@@ -26,6 +26,7 @@ import stamina
 import schemas
 from streams.chunking import ChunkPolicy, Plan, Request, max_chunk_seconds, plan_requests
 from streams.config import Settings
+from streams.crashloop import FIRST_RUN, Run
 from streams.decode import SAMPLE_RATE, SpooledAudio, decode_to_files
 from streams.dualmono import DualMonoDetector
 from streams.encode import encode_data_uri
@@ -60,6 +61,9 @@ class _Progress:
     """What the recording's concurrent requests share while they run."""
 
     started: float
+    run: Run = FIRST_RUN
+    """Which start of the recording this is: its partial events say so and number their
+    attempts above the earlier runs' (streams/crashloop.py)."""
     sequence: int = 0
     attempts: int = 0
     first_delta_s: float | None = None
@@ -181,9 +185,9 @@ class Pipeline:
         )
         self._limits = fetch_limits(settings)
 
-    async def process(self, raw: bytes, *, where: str = "") -> dict[str, Any]:
+    async def process(self, raw: bytes, *, where: str = "", run: Run = FIRST_RUN) -> dict[str, Any]:
         """Turn one raw recording event into its published terminal event, and return it."""
-        progress = _Progress(started=time.perf_counter())
+        progress = _Progress(started=time.perf_counter(), run=run)
         recording: Recording | None = None
         try:
             recording = parse_recording(raw, self._defaults)
@@ -420,7 +424,8 @@ class Pipeline:
                         text += item.text
                         await self._publisher.partial(
                             recording.recording_id,
-                            attempt=attempt,
+                            run=progress.run.number,
+                            attempt=progress.run.attempt_base + attempt,
                             sequence=progress.sequence,
                             channel=request.channel,
                             role=request.role,

@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.config import Settings
+from streams.idempotency import changelog_configs, changelog_topic
 
 __all__ = ["TopicSpec", "TopicStatus", "ensure_topics", "topic_specs"]
 
@@ -23,6 +24,8 @@ class TopicSpec:
     name: str
     partitions: int
     replication: int
+    configs: tuple[tuple[str, str], ...] = ()
+    """Topic configs it is created with (existing topics are left as they are)."""
 
 
 @dataclass(frozen=True)
@@ -40,15 +43,30 @@ class TopicStatus:
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The four topics: outputs get as many partitions as the input, keyed the same way."""
+    """The four topics and the ``finalized`` table's changelog.
+
+    Outputs get as many partitions as the input, keyed the same way. The changelog is
+    co-partitioned with the input and compacted (streams/idempotency.py). It is created here,
+    with the others and before faust starts, because faust creates it only as it starts, and
+    its co-partitioning check counts a topic missing from the consumer's metadata as 0
+    partitions: a first start with many partitions could stop on ``PartitionsMismatch``.
+    """
     return [
-        TopicSpec(name, settings.topic_partitions, settings.topic_replication)
-        for name in (
-            settings.topic_recordings,
-            settings.topic_partial,
-            settings.topic_final,
-            settings.topic_failed,
-        )
+        *(
+            TopicSpec(name, settings.topic_partitions, settings.topic_replication)
+            for name in (
+                settings.topic_recordings,
+                settings.topic_partial,
+                settings.topic_final,
+                settings.topic_failed,
+            )
+        ),
+        TopicSpec(
+            changelog_topic(settings.app_id),
+            settings.topic_partitions,
+            settings.topic_replication,
+            tuple(changelog_configs(settings.finalized_retention_s).items()),
+        ),
     ]
 
 
@@ -63,7 +81,10 @@ async def ensure_topics(
         missing = [spec for spec in specs if spec.name not in existing]
         if missing and create:
             response = await admin.create_topics(
-                [NewTopic(s.name, s.partitions, s.replication) for s in missing]
+                [
+                    NewTopic(s.name, s.partitions, s.replication, topic_configs=dict(s.configs))
+                    for s in missing
+                ]
             )
             for topic, code, *message in response.topic_errors:
                 # Another worker may create it between our list and our create: fine.

@@ -48,10 +48,13 @@ def _published_ids(stdout: str) -> list[str]:
 def test_topics_creates_the_missing_topics_and_reports_them(
     kafka_bootstrap: str, unique_name: Callable[[str], str]
 ) -> None:
-    """`topics --check` fails on missing topics, `topics` creates them, then --check passes."""
+    """`topics --check` fails on missing topics, `topics` creates them, then --check passes.
+
+    Five: the four of the contract and the ``finalized`` table's changelog, co-partitioned."""
     prefix = unique_name("t")
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "STREAMS_APP_ID": f"{prefix}-worker",
         "STREAMS_TOPIC_RECORDINGS": f"{prefix}.recordings",
         "STREAMS_TOPIC_PARTIAL": f"{prefix}.partial",
         "STREAMS_TOPIC_FINAL": f"{prefix}.final",
@@ -60,17 +63,18 @@ def test_topics_creates_the_missing_topics_and_reports_them(
     }
     before = _streams(env, "topics", "--check")
     assert before.returncode == 1
-    assert before.stdout.count("MISSING") == 4
+    assert before.stdout.count("MISSING") == 5
 
     created = _streams(env, "topics")
     assert created.returncode == 0, created.stderr
-    assert created.stdout.count("created") == 4
+    assert created.stdout.count("created") == 5
 
     after = _streams(env, "topics", "--check")
     assert after.returncode == 0, after.stderr
     rows = {line.split()[0]: line.split()[1:] for line in after.stdout.splitlines()[1:]}
     for kind in ("recordings", "partial", "final", "failed"):
         assert rows[f"{prefix}.{kind}"] == ["3", "ok"]
+    assert rows[f"{prefix}-worker-finalized-changelog"] == ["3", "ok"]
 
 
 async def test_publish_a_directory_and_tail_its_partial_and_final_events(

@@ -17,10 +17,11 @@ def _text(renderable: RenderableType, width: int = 100) -> str:
 
 
 def _partial(rid: str, seq: int, text: str, *, channel: int = 0, role: str | None = None,
-             chunk: int = 0) -> dict[str, Any]:  # fmt: skip
+             chunk: int = 0, run: int = 1) -> dict[str, Any]:  # fmt: skip
     return {
         "type": "partial",
         "recording_id": rid,
+        "run": run,
         "attempt": 1,
         "sequence": seq,
         "channel": channel,
@@ -142,3 +143,12 @@ class TestTailView:
         view.add(_partial("r-1", 0, "first try"))
         view.add(_partial("r-1", 5, "second"))
         assert _text(view).splitlines()[0].endswith("second")
+
+    def test_a_new_run_replaces_the_dead_runs_text(self) -> None:
+        """After a worker died, the next run's deltas count from sequence 0 again and still
+        replace the dead run's text of the chunk."""
+        view = TailView(clock=lambda: 0.0)
+        view.add(_partial("r-1", 7, "dead run"))
+        view.add(_partial("r-1", 0, "redone", run=2))
+        view.add(_partial("r-1", 8, "late from the dead run"))
+        assert _text(view).splitlines()[0].endswith("redone")
