@@ -134,6 +134,9 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        # The same login and TLS as every other client of the service (kafka_security.py);
+        # None on PLAINTEXT. faust passes it to its consumer, producers and topic admin.
+        broker_credentials=settings.kafka_security.faust_credentials(),
         # Events are decoded by the pipeline, so that malformed JSON becomes a failed event
         # instead of an exception inside faust.
         key_serializer="raw",

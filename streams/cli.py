@@ -39,10 +39,39 @@ class _Ordered(click.Group):
 
 
 def _settings() -> Settings:
+    from pydantic import ValidationError
+
     try:
         return Settings()
-    except ValueError as exc:  # pydantic's ValidationError names the variable and the value
+    except ValidationError as exc:
+        # Each error names the variable and the rule, but not the values given: pydantic's
+        # own text quotes the whole input, secrets (KAFKA_SASL_PASSWORD, the API key) too.
+        problems = [
+            f"  {'.'.join(map(str, e['loc'])) or 'settings'}: "
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        raise click.ClickException(
+            "invalid settings in the environment:\n" + "\n".join(problems)
+        ) from None
+    except ValueError as exc:
         raise click.ClickException(f"invalid settings in the environment:\n{exc}") from None
+
+
+def _reach_kafka(settings: Settings) -> None:
+    """Connect once as the clients will; a refusal or no answer ends the command in one line."""
+    from streams.kafka_preflight import KafkaUnavailable, check_kafka
+
+    try:
+        asyncio.run(
+            check_kafka(
+                settings.kafka_bootstrap_servers,
+                settings.kafka_security,
+                timeout_s=settings.kafka_connect_timeout_s,
+            )
+        )
+    except KafkaUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # The local ASR engine of the stacks `dev` and `demo` start (resolved by _engine()).
@@ -106,17 +135,27 @@ def worker(ctx: click.Context) -> None:
     (6066 by default).
     """
     import faust
+    from aiokafka.errors import KafkaError
 
     from streams.app import create_app
     from streams.topics import ensure_topics, topic_specs
 
     settings = _settings()
     secrets = [key] if (key := settings.resolved_api_key) else []
-    statuses = asyncio.run(
-        ensure_topics(
-            settings.kafka_bootstrap_servers, topic_specs(settings), create=settings.create_topics
+    secrets += settings.kafka_security.secrets
+    # Before faust: it would retry a refused login or certificate in a loop of tracebacks.
+    _reach_kafka(settings)
+    try:
+        statuses = asyncio.run(
+            ensure_topics(
+                settings.kafka_bootstrap_servers,
+                topic_specs(settings),
+                create=settings.create_topics,
+                security=settings.kafka_security,
+            )
         )
-    )
+    except KafkaError as exc:
+        raise click.ClickException(f"Kafka topics: {exc}") from None
     missing = [s.spec.name for s in statuses if not s.partitions]
     if missing:
         raise click.ClickException(f"topics missing and STREAMS_CREATE_TOPICS is off: {missing}")
@@ -250,13 +289,24 @@ def kafka(ctx: click.Context) -> None:
 )
 def topics(check: bool) -> None:
     """Create or check the recordings and transcript topics."""
+    from aiokafka.errors import KafkaError
+
     from streams.topics import ensure_topics, topic_specs
 
     settings = _settings()
-    statuses = _run(
-        ensure_topics(settings.kafka_bootstrap_servers, topic_specs(settings), create=not check),
-        f"{'Checking' if check else 'Creating'} topics on {settings.kafka_bootstrap_servers}",
-    )
+    _reach_kafka(settings)
+    try:
+        statuses = _run(
+            ensure_topics(
+                settings.kafka_bootstrap_servers,
+                topic_specs(settings),
+                create=not check,
+                security=settings.kafka_security,
+            ),
+            f"{'Checking' if check else 'Creating'} topics on {settings.kafka_bootstrap_servers}",
+        )
+    except KafkaError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"{'topic':<28} {'partitions':>10}  state")
     for status in statuses:
         state = "created" if status.created else ("ok" if status.ok else "MISSING")
@@ -355,6 +405,7 @@ def publish(
             click.echo(orjson.dumps(event))
         return
     settings = _settings()
+    _reach_kafka(settings)
     asyncio.run(_send(settings, events))
 
 
@@ -363,7 +414,10 @@ async def _send(settings: Settings, events: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **settings.kafka_security.client_kwargs(),
+    )
     await producer.start()
     progress = Progress(
         TextColumn(f"publishing to {settings.topic_recordings}"),
@@ -450,6 +504,7 @@ def tail(
     from streams.console import TailView, render_partial
 
     settings = _settings()
+    _reach_kafka(settings)
     names = [settings.topic_final, settings.topic_failed]
     if partial:
         names.insert(0, settings.topic_partial)
@@ -510,6 +565,7 @@ async def _follow(
 ) -> bool:
     """Pass every event of ``names`` to ``on_event``; True once ``count`` outcomes were seen."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.errors import TopicAuthorizationFailedError
 
     from streams.topics import TopicSpec, ensure_topics
 
@@ -517,14 +573,21 @@ async def _follow(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
+        **settings.kafka_security.client_kwargs(),
     )
     await consumer.start()
     seen = 0
     try:
         # Assign and position explicitly, so "Following …" is true when it is printed.
-        found = await ensure_topics(
-            settings.kafka_bootstrap_servers, [TopicSpec(n, 1, 1) for n in names], create=False
-        )
+        try:
+            found = await ensure_topics(
+                settings.kafka_bootstrap_servers,
+                [TopicSpec(n, 1, 1) for n in names],
+                create=False,
+                security=settings.kafka_security,
+            )
+        except TopicAuthorizationFailedError as exc:
+            raise click.ClickException(str(exc)) from None
         if missing := [s.spec.name for s in found if not s.partitions]:
             raise click.ClickException(f"no such topics: {missing} (see `streams topics`)")
         partitions = [TopicPartition(s.spec.name, p) for s in found for p in range(s.partitions)]
@@ -540,7 +603,15 @@ async def _follow(
         while count is None or seen < count:
             if deadline is not None and time.monotonic() > deadline:
                 break
-            batch = await consumer.getmany(timeout_ms=250)
+            try:
+                batch = await consumer.getmany(timeout_ms=250)
+            except TopicAuthorizationFailedError as exc:
+                # Seeing a topic (DESCRIBE) is not reading it (READ): an ACL may allow one only.
+                topics = ", ".join(map(str, exc.args)) or "the transcript topics"
+                raise click.ClickException(
+                    f"not authorized to read {topics} as {settings.kafka_security.describe()}"
+                    " (no READ ACL)"
+                ) from None
             for records in batch.values():
                 for record in records:
                     event = orjson.loads(record.value)

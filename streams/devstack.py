@@ -28,6 +28,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.config import Settings
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import ensure_topics, topic_specs
 
 __all__ = ["SAMPLES_DIR", "DevStack", "running", "sample_events", "transcribe_samples"]
@@ -98,11 +99,15 @@ class DevStack:
         self.asr_url = ""
         self.metrics_urls: list[str] = []
         self.children: list[_Child] = []
+        self.security: KafkaSecurity = PLAINTEXT
+        """How this stack's clients and workers reach its broker (a local PLAINTEXT one)."""
 
     def settings_env(self) -> dict[str, str]:
         """Environment of a worker in this stack."""
         return {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            # The stack's own broker, whatever KAFKA_SECURITY_PROTOCOL says for another.
+            **self.security.env(),
             "STREAMS_ASR_BASE_URL": self.asr_url,
             "STREAMS_FILE_ROOTS": ",".join(str(p) for p in self.file_roots),
             "STREAMS_WEB_ENABLED": "true" if self.metrics else "false",
@@ -148,7 +153,7 @@ class DevStack:
         )
 
         settings = Settings(kafka_bootstrap_servers=self.bootstrap)
-        asyncio.run(ensure_topics(self.bootstrap, topic_specs(settings)))
+        asyncio.run(ensure_topics(self.bootstrap, topic_specs(settings), security=self.security))
         for i in range(workers):
             env = self.settings_env()
             if self.metrics:
@@ -222,8 +227,9 @@ async def transcribe_samples(
         bootstrap_servers=stack.bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **stack.security.client_kwargs(),
     )
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, **stack.security.client_kwargs())
     await consumer.start()
     await producer.start()
     pending = {event["recording_id"] for event in events}

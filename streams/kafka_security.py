@@ -80,7 +80,7 @@ class KafkaSecurity:
                 for name, value in (
                     ("KAFKA_SASL_MECHANISM", self.mechanism),
                     ("KAFKA_SASL_USERNAME", self.username),
-                    ("KAFKA_SASL_PASSWORD", self.password),
+                    ("KAFKA_SASL_PASSWORD[_FILE]", self.password),
                 )
                 if value is not None
             ]
@@ -153,6 +153,31 @@ class KafkaSecurity:
         if self.certfile is not None:
             text += f" with client certificate {self.certfile}"
         return text
+
+    def env(self, *, password_file: Path | None = None) -> dict[str, str]:
+        """The environment variables that give a ``streams`` process this security.
+
+        With ``password_file`` the password is referred to (KAFKA_SASL_PASSWORD_FILE), not
+        copied into the environment.
+        """
+        env = {"KAFKA_SECURITY_PROTOCOL": self.protocol}
+        if self.sasl:
+            assert self.mechanism is not None
+            assert self.username is not None
+            env["KAFKA_SASL_MECHANISM"] = self.mechanism
+            env["KAFKA_SASL_USERNAME"] = self.username
+            if password_file is not None:
+                env["KAFKA_SASL_PASSWORD_FILE"] = str(password_file)
+            elif self.password is not None:
+                env["KAFKA_SASL_PASSWORD"] = self.password.get_secret_value()
+        for name, path in (
+            ("KAFKA_SSL_CAFILE", self.cafile),
+            ("KAFKA_SSL_CERTFILE", self.certfile),
+            ("KAFKA_SSL_KEYFILE", self.keyfile),
+        ):
+            if path is not None:
+                env[name] = str(path)
+        return env
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A TLS context that checks the broker's certificate and host name, or None.

@@ -34,11 +34,15 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from string import Template
+from typing import TYPE_CHECKING
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from streams.kafka_security import PLAINTEXT, KafkaSecurity, SaslMechanism
+
+if TYPE_CHECKING:
+    from streams.kafka_acls import AclBinding
 
 __all__ = [
     "DEFAULT_PORT",
@@ -215,12 +219,14 @@ class LocalKafka:
         config: Mapping[str, str] | None = None,
         secure: bool = False,
         users: Iterable[str] = ("admin", "worker"),
+        ssl_port: int | None = None,
     ) -> None:
         self.libs_dir = libs_dir
         free = _free_ports(4)
         self.port = free[0] if port is None else port
         # Three distinct free ports always leave two that differ from a given client port.
-        self.controller_port, self.ssl_port = [p for p in free[1:] if p != self.port][:2]
+        self.controller_port, free_ssl = [p for p in free[1:] if p != self.port][:2]
+        self.ssl_port = free_ssl if ssl_port is None else ssl_port
         self.secure = secure
         """SASL_SSL on ``port`` and mTLS on ``ssl_port`` instead of PLAINTEXT, with ACLs."""
         # "admin" is the super user that creates topics and ACLs; the others get only what
@@ -288,6 +294,14 @@ class LocalKafka:
             certfile=self.tls_dir / f"{user}.crt.pem",
             keyfile=self.tls_dir / f"{user}.key.pem",
         )
+
+    def grant(self, bindings: list[AclBinding]) -> None:
+        """Write ACLs as the super user ``admin`` (secure mode; blocking, see the class doc)."""
+        from streams.kafka_acls import create_acls
+
+        with ThreadPoolExecutor(1, thread_name_prefix="localkafka-acls") as pool:
+            work = create_acls(self.bootstrap, self.security("admin"), bindings)
+            pool.submit(asyncio.run, work).result()
 
     def start(self, timeout_s: float = 60.0) -> LocalKafka:
         """Format storage if needed, launch ``kafka.Kafka`` and wait until it answers metadata."""
@@ -485,8 +499,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="9092; 0 picks a free one")
     parser.add_argument("--cache-dir", type=Path, help="jars ($STREAMS_CACHE_DIR or ./.cache)")
     parser.add_argument("--run-dir", type=Path, help="keep config, data and log across runs")
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="like a managed Kafka: SASL_SSL (PLAIN, SCRAM) on --port, mTLS on --ssl-port, "
+        "users admin (super user) and worker (ACLs for the worker's topics and group)",
+    )
+    parser.add_argument("--ssl-port", type=int, default=0, help="mTLS port with --secure; 0: any")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # One "Loading SSL CA" and "Authenticated as" line per connection would bury the help.
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     # SIGTERM behaves like Ctrl-C, so a download, a start or the wait all end in the same cleanup;
     # the default SIGTERM action would leave the JVM running. SIGINT is set too because a
     # background job inherits it ignored.
@@ -497,14 +520,24 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         libs = ensure_jars(args.cache_dir or default_cache_dir())
         jars_s = time.monotonic() - started
-        broker = LocalKafka(libs, port=args.port or None, run_dir=args.run_dir)
+        broker = LocalKafka(
+            libs,
+            port=args.port or None,
+            run_dir=args.run_dir,
+            secure=args.secure,
+            ssl_port=args.ssl_port or None,
+        )
         broker.start()
+        if broker.secure:
+            _grant_worker(broker)
         print(
             f"Kafka {KAFKA_VERSION} ready at {broker.bootstrap} "
             f"(jars {jars_s:.1f} s, broker start {broker.started_in_s:.1f} s); "
             f"log {broker.log_path}. Ctrl-C to stop.",
             flush=True,
         )
+        if broker.secure:
+            print(_secure_help(broker), flush=True)
         while broker.is_running:
             time.sleep(0.5)
         print(f"error: {broker._failure('the broker exited')}", file=sys.stderr)
@@ -518,6 +551,43 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if broker is not None:
             broker.close()
+
+
+def _grant_worker(broker: LocalKafka) -> None:
+    from streams.config import Settings
+    from streams.kafka_acls import worker_acls
+
+    # The topic names and app id the worker will run with: this shell's STREAMS_* settings,
+    # or the defaults when they (or KAFKA_* settings meant for another cluster) do not load.
+    try:
+        settings = Settings()
+    except ValueError:
+        settings = Settings.model_construct()
+    bindings = worker_acls(settings, "User:worker")
+    broker.grant(bindings)
+    for binding in bindings:
+        log.info("ACL: %s", binding)
+
+
+def _secure_help(broker: LocalKafka) -> str:
+    def export(bootstrap: str, security: KafkaSecurity, user: str | None) -> str:
+        password_file = broker.secrets_dir / f"{user}.password" if user else None
+        env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, **security.env(password_file=password_file)}
+        return "  export " + " ".join(f"{k}={v}" for k, v in env.items())
+
+    return "\n".join(
+        [
+            "Secured: no anonymous port. Settings for a shell, by principal:",
+            "worker (SASL_SSL, SCRAM-SHA-512; may only read recordings, write transcripts, "
+            "use its own group and faust topics) for `streams worker`:",
+            export(broker.bootstrap, broker.security("worker"), "worker"),
+            "admin (super user) for `streams publish`, `streams tail`, `streams topics`:",
+            export(broker.bootstrap, broker.security("admin"), "admin"),
+            "worker over mTLS (client certificate, CN=worker) instead of a password:",
+            export(broker.ssl_bootstrap, broker.mtls_security("worker"), None),
+            "PLAIN and SCRAM-SHA-256 work too (KAFKA_SASL_MECHANISM).",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -7,10 +7,16 @@ import logging
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    for_code,
+)
 
 from streams.config import Settings
 from streams.idempotency import changelog_configs, changelog_topic
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
 __all__ = ["TopicSpec", "TopicStatus", "ensure_topics", "topic_specs"]
 
@@ -71,10 +77,25 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 async def ensure_topics(
-    bootstrap_servers: str, specs: list[TopicSpec], *, create: bool = True, timeout_s: float = 30.0
+    bootstrap_servers: str,
+    specs: list[TopicSpec],
+    *,
+    create: bool = True,
+    timeout_s: float = 30.0,
+    security: KafkaSecurity = PLAINTEXT,
 ) -> list[TopicStatus]:
-    """Create the missing topics (when ``create``) and report each topic's partition count."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    """Create the missing topics (when ``create``) and report each topic's partition count.
+
+    Raises:
+        TopicAuthorizationFailedError: the principal may not see or create some of them
+            (on a cluster with ACLs an unauthorized topic looks missing; this says which).
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=10_000,
+        client_id="streams-topics",
+        **security.client_kwargs(),
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -89,7 +110,8 @@ async def ensure_topics(
             for topic, code, *message in response.topic_errors:
                 # Another worker may create it between our list and our create: fine.
                 if code not in (0, TopicAlreadyExistsError.errno):
-                    raise KafkaError(f"cannot create topic {topic!r}: error {code} {message}")
+                    error = for_code(code)
+                    raise error(f"cannot create topic {topic!r}: {error.__name__} {message}")
         return await _describe(
             admin, specs, {s.name for s in missing} if create else set(), timeout_s
         )
@@ -112,6 +134,15 @@ async def _describe(
                 described = []
             counts = {}
             led = True
+            denied = [
+                t["topic"]
+                for t in described
+                if t.get("error_code") == TopicAuthorizationFailedError.errno
+            ]
+            if denied:
+                raise TopicAuthorizationFailedError(
+                    f"not authorized to describe topics {sorted(denied)} (no DESCRIBE ACL)"
+                )
             for topic in described:
                 if topic.get("error_code", 0) != 0:
                     continue
