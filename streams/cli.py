@@ -134,17 +134,18 @@ def worker(ctx: click.Context) -> None:
     to scale out. Prometheus metrics are served at http://HOST:STREAMS_WEB_PORT/metrics
     (6066 by default).
     """
+    settings = _settings()
+    secrets = [key] if (key := settings.resolved_api_key) else []
+    secrets += settings.kafka_security.secrets
+    # Before faust (and before importing it, so a refusal is told at once): faust would
+    # retry a refused login or certificate in a loop of tracebacks.
+    _reach_kafka(settings)
+
     import faust
     from aiokafka.errors import KafkaError
 
     from streams.app import create_app
     from streams.topics import ensure_topics, topic_specs
-
-    settings = _settings()
-    secrets = [key] if (key := settings.resolved_api_key) else []
-    secrets += settings.kafka_security.secrets
-    # Before faust: it would retry a refused login or certificate in a loop of tracebacks.
-    _reach_kafka(settings)
     try:
         statuses = asyncio.run(
             ensure_topics(
