@@ -146,6 +146,7 @@ def worker(ctx: click.Context) -> None:
 
     from streams.app import create_app
     from streams.topics import ensure_topics, topic_specs
+
     try:
         statuses = asyncio.run(
             ensure_topics(

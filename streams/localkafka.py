@@ -450,7 +450,13 @@ class LocalKafka:
                 self.cluster_id = line.partition("=")[2].strip()
 
     def _make_credentials(self) -> None:
-        from streams.localca import LocalCA
+        try:
+            from streams.localca import LocalCA
+        except ImportError as exc:  # a dev dependency: workers never need it
+            raise BrokerStartError(
+                f"secure mode makes its certificates with the `cryptography` package ({exc}); "
+                "install the dev extra: pip install -e '.[dev]'"
+            ) from None
 
         # Passwords once per run dir (SCRAM ones are fixed at format time); URL-safe, so they
         # need no quoting in the JAAS lines or StorageTool's [name=…,password=…] syntax.
