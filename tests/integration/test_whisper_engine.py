@@ -2,13 +2,32 @@
 
 One server subprocess (Whisper base, beam 1, one worker, a queue of two) serves the module.
 
-Error thresholds (normalised: lowercase, no punctuation; CER for zh), from the measurements
-in docs/local-asr.md, where base with beam 1 scored en 0.000-0.045, zh 0.105, de 0.200:
+Recognised text is held to bounds that hold on any CPU. CTranslate2's int8 kernels differ by
+CPU (an Intel Xeon with AVX-512 wrote "liegt in der Raum" where the machine these tests were
+first tuned on wrote "liegende Raum"), so each bound is the worst error measured over nine
+CTranslate2 code paths plus a margin the size of the spread those paths showed. The paths
+(one AMD EPYC, AVX2; base, beam 1): int8 on oneDNN with 2 threads and with 1 thread,
+float32, int8 and float32 with CT2_USE_MKL=1 (the backend an Intel CPU gets), int8 with
+CT2_FORCE_CPU_ISA=GENERIC, AVX, and MKL with AVX, and int8 on MKL with MKL_CBWR=COMPATIBLE.
+Errors are normalised (lowercase, no punctuation); CER for zh. Measured, per recording
+(edits / reference length):
 
-- ``en`` 0.10: the only measured error is "Mr." for "mister" (1 of 22 words); 0.10 allows one
-  more slip in a 20-word sentence but not a lost clause, a wrong language or a hallucination.
-- ``zh`` 0.15 (CER): the measured error is 达摩院 heard as 打模院 (2 of 19 characters).
-- ``de`` 0.25: two of ten words are off ("liegende", "Leichenhaler"); one more fails.
+- en: every English clip got the same words on all nine paths: 0 edits but for "Mr." for
+  "mister" in LibriVox (1 of 22). Only punctuation moved.
+- zh: 0, 1 or 3 characters of 19 (达摩院 and 语音 right; 语 as 运; 打模院 and 运音): CER 0 to
+  0.158. The 0.105 of docs/local-asr.md (打模院 alone) is the first machine's.
+- de: 2 or 4 words of 10 (0.20 "liegende ... Leichenhaler"; 0.40 "liegt in der Raum ...
+  Leichenhaler", which is also the Intel Xeon's output): WER 0.20 to 0.40.
+
+The margin is the spread in edits, at least one: en 1 word, zh 3 characters, de 2 words. A
+bound is (worst edits + margin) / reference length: en 0.045 to 0.20 by clip length, zh
+0.316, de 0.60. A wrong language, a lost clause, text from the other channel or a
+hallucination all land far above (German forced to English scores 1.0 on every path).
+
+Biasing is checked with made-up spellings no model writes without being told (Dashwoode,
+Leichenhalde, 答摩院): absent from the plain output on all nine paths, present with the
+context on the four paths tried (int8 oneDNN, int8 MKL, float32, int8 GENERIC). The old
+check, that the plain zh output holds the misrecognition 打模院, failed on five of the nine.
 
 The stereo recording holds two overlapping speakers, one per channel. Downmixed, Whisper
 follows only the louder one (WER 0.59), which tests nothing but the downmix; the pipeline
@@ -44,6 +63,7 @@ from tests.benchmarks.bench_whisper_server import (
     error_rate,
     long_recording,
     native_body,
+    normalise,
     run_whisper_server,
     wav_bytes,
 )
@@ -51,9 +71,30 @@ from tests.benchmarks.bench_whisper_server import (
 pytestmark = pytest.mark.integration
 
 MODEL = "qwen3-asr-flash"
-THRESHOLDS = {"en": 0.10, "zh": 0.15, "de": 0.25}
 HARVARD = "en_speechbrain_harvard_birch_canoe.wav"
 STEREO = "en_fasterwhisper_stereo_diarization_LR.wav"
+LIBRIVOX = "en_pocketsphinx_librivox_sense_sensibility_0870.wav"
+GERMAN = "de_picovoice_leopard_test_de.wav"
+CHINESE = "zh_funasr_asr_example_welcome.wav"
+WORST_EDITS = {
+    ("en_whisper_jfk_stereo44k24bit.flac", None): 0,
+    (LIBRIVOX, None): 1,
+    (STEREO, 0): 0,
+    (STEREO, 1): 0,
+    (HARVARD, None): 0,
+    (CHINESE, None): 3,
+    (GERMAN, None): 4,
+}
+"""Worst error measured per recording (and channel) over the nine code paths, in edits."""
+MARGIN_EDITS = {"en": 1, "zh": 3, "de": 2}
+"""The spread between code paths, in edits (at least one)."""
+LONG_BOUND = 0.10
+"""The 60 s recording of joined English clips (126 words): 0.016 (two "Mr.") on four code
+paths (int8 oneDNN, int8 MKL, float32, int8 GENERIC), though they cut it into 8 or 13
+segments. 0.10 leaves a dozen words for slips at window boundaries; losing one 30 s window
+(about half the words) fails."""
+TINY_BOUND = 1 / 8
+"""tiny.en on the Harvard sentence: exact on the same four code paths; one slip of 8 words."""
 WORKERS, QUEUE = 1, 2
 STREAM_OR_NOT = [pytest.param(True, id="stream"), pytest.param(False, id="json")]
 
@@ -71,6 +112,22 @@ def _cases() -> list[Any]:
         else:
             cases.append(pytest.param(name, None, language, entry["reference"], id=name[:-4]))
     return cases
+
+
+def _length(reference: str, language: str) -> int:
+    """Words of the normalised reference; characters for zh."""
+    text = normalise(reference, language)
+    return len(text) if language == "zh" else len(text.split())
+
+
+def bound(name: str, channel: int | None, language: str, reference: str) -> float:
+    """The highest error rate a recording may get: worst measured plus the margin."""
+    edits = WORST_EDITS[(name, channel)] + MARGIN_EDITS[language]
+    return edits / _length(reference, language)
+
+
+def _reference(name: str) -> str:
+    return str(manifest()[name]["reference"])
 
 
 def _uri(name: str, channel: int | None = None) -> str:
@@ -155,7 +212,7 @@ def test_dashscope_stream_transcribes_real_speech(
     text = "".join(_text(r) for r in responses)
     assert responses[-1].output.choices[0].finish_reason == "stop"
     assert {_language(r) for r in responses} == {language}
-    assert error_rate(reference, text, language) <= THRESHOLDS[language], text
+    assert error_rate(reference, text, language) <= bound(name, channel, language, reference), text
     assert responses[-1].usage["seconds"] >= 3
 
 
@@ -165,7 +222,8 @@ def test_dashscope_non_stream_transcribes_real_speech(
 ) -> None:
     """A non-streaming call returns the whole transcript within the threshold, no emotion."""
     response = _call(sdk, _uri(name, channel), stream=False)
-    assert error_rate(reference, _text(response), language) <= THRESHOLDS[language]
+    text = _text(response)
+    assert error_rate(reference, text, language) <= bound(name, channel, language, reference), text
     assert response.output.choices[0].message.annotations == [
         {"type": "audio_info", "language": language}
     ]
@@ -194,7 +252,7 @@ def test_openai_sdk_transcribes_real_speech(
     else:
         completion = client.chat.completions.create(model=MODEL, messages=messages)
         text = completion.choices[0].message.content or ""
-    assert error_rate(reference, text, language) <= THRESHOLDS[language], text
+    assert error_rate(reference, text, language) <= bound(name, channel, language, reference), text
 
 
 def test_all_clients_get_the_same_text(sdk: WhisperServer) -> None:
@@ -207,28 +265,34 @@ def test_all_clients_get_the_same_text(sdk: WhisperServer) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "forced", "reported", "language", "most"),
+    ("name", "forced", "reported", "language"),
     [
-        pytest.param("de_picovoice_leopard_test_de.wav", "de", "de", "de", 0.25, id="de-as-de"),
-        pytest.param("zh_funasr_asr_example_welcome.wav", "yue", "yue", "zh", 0.15, id="yue-as-zh"),
+        pytest.param(GERMAN, "de", "de", "de", id="de-as-de"),
+        pytest.param(CHINESE, "yue", "yue", "zh", id="yue-as-zh"),
     ],
 )
 def test_forced_language_is_used_and_reported(
-    sdk: WhisperServer, name: str, forced: str, reported: str, language: str, most: float
+    sdk: WhisperServer, name: str, forced: str, reported: str, language: str
 ) -> None:
     """A forced language is annotated as given; yue falls back to Whisper's zh on base."""
     response = _call(sdk, _uri(name), stream=False, language=forced)
     assert _language(response) == reported
-    reference = str(manifest()[name]["reference"])
-    assert error_rate(reference, _text(response), language) <= most
+    reference = _reference(name)
+    text = _text(response)
+    assert error_rate(reference, text, language) <= bound(name, None, language, reference), text
 
 
 def test_forcing_the_wrong_language_changes_the_output(sdk: WhisperServer) -> None:
-    """German speech forced to en comes out as English: the option really drives decoding."""
-    name = "de_picovoice_leopard_test_de.wav"
-    response = _call(sdk, _uri(name), stream=False, language="en")
+    """German speech forced to en comes out as English: the option really drives decoding.
+
+    Measured 1.0 (no German word left) on all nine code paths; the bound sits above the
+    German bound, so an output that passes as German cannot pass here.
+    """
+    response = _call(sdk, _uri(GERMAN), stream=False, language="en")
     assert _language(response) == "en"
-    assert error_rate(str(manifest()[name]["reference"]), _text(response), "de") > 0.5
+    reference = _reference(GERMAN)
+    text = _text(response)
+    assert error_rate(reference, text, "de") > bound(GERMAN, None, "de", reference), text
 
 
 @pytest.mark.parametrize("language", ["fil", "no", "ms"])
@@ -239,26 +303,25 @@ def test_every_api_code_is_accepted(sdk: WhisperServer, language: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "context", "without", "with_"),
+    ("name", "term"),
     [
-        pytest.param(
-            "de_picovoice_leopard_test_de.wav",
-            "Leichenhalle",
-            "Leichenhaler",
-            "Leichenhalle",
-            id="de",
-        ),
-        pytest.param("zh_funasr_asr_example_welcome.wav", "达摩院", "打模院", "达摩院", id="zh"),
+        pytest.param(LIBRIVOX, "Dashwoode", id="en"),
+        pytest.param(GERMAN, "Leichenhalde", id="de"),
+        pytest.param(CHINESE, "答摩院", id="zh"),
     ],
 )
-def test_context_hotwords_fix_a_misheard_term(
-    sdk: WhisperServer, name: str, context: str, without: str, with_: str
+def test_context_hotwords_bias_recognition_towards_their_terms(
+    sdk: WhisperServer, name: str, term: str
 ) -> None:
-    """The system message's text biases recognition towards its terms (faster-whisper hotwords)."""
+    """The system message's text biases recognition towards its terms (faster-whisper hotwords).
+
+    Each term is a made-up spelling of a word in the recording (Dashwood, Leichenhalle,
+    达摩院), so no model writes it unprompted, whatever it makes of the word otherwise.
+    """
     plain = _text(_call(sdk, _uri(name), stream=False))
-    biased = _text(_call(sdk, _uri(name), stream=False, context=context))
-    assert without in plain
-    assert with_ in biased
+    biased = _text(_call(sdk, _uri(name), stream=False, context=term))
+    assert term not in plain, plain
+    assert term in biased, biased
 
 
 def test_a_long_context_is_accepted(sdk: WhisperServer) -> None:
@@ -268,12 +331,13 @@ def test_a_long_context_is_accepted(sdk: WhisperServer) -> None:
 
 
 def test_silence_gives_an_empty_transcript(sdk: WhisperServer) -> None:
-    """Five seconds of digital silence give empty text quickly, not a hallucination."""
+    """Five seconds of digital silence give empty text, not a hallucination, and Whisper never
+    runs on them: the engine's journal says ``silent``, not ``done``."""
     silence = "data:audio/wav;base64," + base64.b64encode(wav_bytes(np.zeros(80_000))).decode()
-    started = time.monotonic()
     response = _call(sdk, silence, stream=False)
     assert _text(response) == ""
-    assert time.monotonic() - started < 2.0
+    entry = _entry(sdk, response.request_id)
+    assert (entry["outcome"], entry["segments"]) == ("silent", 0), entry
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +352,6 @@ def test_first_delta_of_a_minute_arrives_while_recognition_goes_on(
 ) -> None:
     """The first delta of a 60 s file reaches the client well before the engine has finished."""
     audio, reference = long_uri
-    started = time.time()
     arrivals: list[tuple[float, str]] = []
     request_id = None
     for response in _call(sdk, audio, stream=True):
@@ -296,13 +359,16 @@ def test_first_delta_of_a_minute_arrives_while_recognition_goes_on(
         request_id = response.request_id
     deltas = [(at, text) for at, text in arrivals if text]
     assert len(deltas) >= 2
-    first, done = deltas[0][0] - started, arrivals[-1][0] - started
-    (entry,) = [e for e in sdk.journal() if e["request_id"] == request_id]
+    entry = _entry(sdk, str(request_id))
     assert entry["outcome"] == "done"
-    # Whisper decodes per 30 s window, so the first window's text comes at about half time.
-    assert first < 0.75 * done, (first, done)
-    assert deltas[0][0] < entry["finished_at"] - 0.5, (deltas[0][0], entry)
-    assert error_rate(reference, "".join(text for _, text in deltas), "en") <= THRESHOLDS["en"]
+    assert entry["segments"] >= 2
+    # Whisper decodes per 30 s window, so the first window's text comes at about half of the
+    # engine's own running time (from its journal, so as fast or slow as this CPU is): it must
+    # reach the client before the last quarter of that time.
+    ran = entry["finished_at"] - entry["started_at"]
+    assert deltas[0][0] < entry["finished_at"] - ran / 4, (deltas[0][0], entry)
+    text = "".join(text for _, text in deltas)
+    assert error_rate(reference, text, "en") <= LONG_BOUND, text
 
 
 def test_a_client_that_leaves_stops_the_recognition(
@@ -445,8 +511,9 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def test_audio_by_allow_listed_url(sdk: WhisperServer, audio_site: str) -> None:
     """An http URL on an allow-listed private host is downloaded and recognised."""
     response = _call(sdk, f"{audio_site}/{HARVARD}", stream=False)
-    reference = str(manifest()[HARVARD]["reference"])
-    assert error_rate(reference, _text(response), "en") <= THRESHOLDS["en"]
+    reference = _reference(HARVARD)
+    text = _text(response)
+    assert error_rate(reference, text, "en") <= bound(HARVARD, None, "en", reference), text
 
 
 @pytest.mark.parametrize(
@@ -488,7 +555,8 @@ def test_a_model_directory_is_served_and_its_languages_enforced(
         info = tiny.get("/whisper/info")
         assert (info["model_dir"], info["languages"]) == (str(model_dir.resolve()), ["en"])
         response = _call(tiny, _uri(HARVARD), stream=False)
-        reference = str(manifest()[HARVARD]["reference"])
-        assert error_rate(reference, _text(response), "en") <= THRESHOLDS["en"]
+        reference = _reference(HARVARD)
+        text = _text(response)
+        assert error_rate(reference, text, "en") <= TINY_BOUND, text
         refused = _call(tiny, _uri(HARVARD), stream=False, language="de")
         assert (refused.status_code, refused.code) == (400, "InvalidParameter")
