@@ -14,6 +14,7 @@ from streams.config import Settings
 from streams.fetch import fetch_client
 from streams.idempotency import Ledger, LedgerPublisher
 from streams.metrics import MeteredBackend, MeteredPublisher, Metrics, add_metrics_page
+from streams.offsets import rewind_uncommitted
 from streams.pipeline import Pipeline, fetch_limits
 from streams.publish import TopicNames
 from streams.ratelimit import RateLimitedBackend, RequestLimiter, Share, SlotPlan
@@ -158,6 +159,9 @@ def create_app(settings: Settings) -> faust.App:
         stream_processing_timeout=settings.recording_deadline_s + 60.0,
         broker_commit_livelock_soft_timeout=settings.recording_deadline_s + 60.0,
     )
+    # After a rebalance, a partition with no committed offset starts where a new group
+    # would (the beginning), not past records fetched and dropped meanwhile (offsets.py).
+    rewind_uncommitted(app)
     recordings_name = settings.topic_recordings
     recordings = app.topic(recordings_name, key_type=bytes, value_type=bytes)
     outputs = {
