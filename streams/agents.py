@@ -26,7 +26,7 @@ import os
 import faust
 
 from streams.app import Runtime
-from streams.crashloop import RunGate, admission, exit_if_chosen
+from streams.crashloop import RunGate, admission
 from streams.errors import PipelineError, WorkerCrashed
 from streams.events import failed_event, recording_id_of
 from streams.idempotency import Ledger
@@ -120,7 +120,6 @@ async def _answer(
                 ", so this one runs alone in the worker" if how == "alone" else "",
                 extra={"recording_id": recording_id, "run": run.number},
             )
-        exit_if_chosen(recording_id)
         # process() returns only once the terminal event is acknowledged by the broker; the
         # offset is acked when the agent's loop moves on, and committed after that.
         with runtime.metrics.recording():

@@ -10,6 +10,7 @@ import faust
 import httpx
 from faust.types import TP
 
+from streams.audiostages import AudioStages
 from streams.config import Settings
 from streams.fetch import fetch_client
 from streams.idempotency import Ledger, LedgerPublisher
@@ -65,6 +66,8 @@ class Runtime:
         self._fetch_http: httpx.AsyncClient | None = None
         self._pipeline: Pipeline | None = None
         self._publisher: Any = None
+        self.stages = AudioStages(settings.audio_processes)
+        """Where decode, VAD and encoding run (streams/audiostages.py)."""
 
     def publisher(self) -> Any:
         """The pipeline's publisher (metered, and keeping finals in the ledger)."""
@@ -101,7 +104,8 @@ class Runtime:
                 # Each final is kept in the ledger before it goes out (idempotency.py).
                 publisher = LedgerPublisher(publisher, self._ledger)
             self._publisher = publisher
-            self._pipeline = Pipeline(s, backend, publisher, self._fetch_http)
+            self.stages.start()
+            self._pipeline = Pipeline(s, backend, publisher, self._fetch_http, stages=self.stages)
             log.info(
                 "recognition via %s backend at %s, model %s",
                 backend.name,
@@ -122,10 +126,11 @@ class Runtime:
         return self.hold_partitions(set(self.limiter.share.partitions) - set(partitions))
 
     async def close(self) -> None:
-        """Close the HTTP clients."""
+        """Close the HTTP clients and stop the audio processes."""
         for client in (self._http, self._fetch_http):
             if client is not None:
                 await client.aclose()
+        await self.stages.close()
 
 
 def create_app(settings: Settings) -> faust.App:

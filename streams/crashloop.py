@@ -34,21 +34,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["FIRST_RUN", "TEST_EXIT_VARIABLE", "Admission", "Run", "RunGate", "admission"]
+__all__ = ["FIRST_RUN", "TEST_ABORT_VARIABLE", "Admission", "Run", "RunGate", "admission"]
 
-log = logging.getLogger(__name__)
 
 Admission = Literal["together", "alone", "refuse"]
 
-TEST_EXIT_VARIABLE = "STREAMS_TEST_HOOK_EXIT_ON_RECORDING"
-"""Tests only: a worker given this recording id exits (status 70) each time it starts it, after
-the start is counted, as a worker killed by that recording would. Never set it in production."""
+TEST_ABORT_VARIABLE = "STREAMS_TEST_HOOK_ABORT_DECODING"
+"""Tests only: decoding the recording with this id calls ``abort()``, as FFmpeg does when one of
+its internal assertions fails on a bad file: the process running the decode stage dies of
+SIGABRT (the worker, or its audio process). Never set it in production."""
 
 
 @dataclass(frozen=True)
@@ -127,10 +126,11 @@ class RunGate:
         return self.alone() if how == "alone" else self.together()
 
 
-def exit_if_chosen(recording_id: str) -> None:
-    """The test hook of :data:`TEST_EXIT_VARIABLE`: die here, as a poison recording would."""
-    chosen = os.environ.get(TEST_EXIT_VARIABLE)
+def abort_if_chosen(recording_id: str) -> None:
+    """The test hook of :data:`TEST_ABORT_VARIABLE`: die here, as a poison recording would."""
+    chosen = os.environ.get(TEST_ABORT_VARIABLE)
     if chosen and chosen == recording_id:
-        log.critical("test hook %s: exiting on recording %s", TEST_EXIT_VARIABLE, recording_id)
-        logging.shutdown()
-        os._exit(70)
+        # Straight to stderr (the worker's log): an audio process has no logging set up.
+        note = f"test hook {TEST_ABORT_VARIABLE}: aborting the decoder on {recording_id}\n"
+        os.write(2, note.encode())
+        os.abort()

@@ -67,7 +67,7 @@ stream generator closes, which would commit a recording that has no terminal eve
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = [
     "Action",
@@ -114,6 +114,18 @@ class PipelineError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, stage={self.stage!r}, {self.message!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors come back from the audio processes (streams/audiostages.py) pickled; the
+        # default keeps only the message, and a code or stage given to __init__ would be lost.
+        return (_restore, (type(self), self.message, dict(self.__dict__)))
+
+
+def _restore(cls: type[PipelineError], message: str, state: dict[str, Any]) -> PipelineError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class PermanentError(PipelineError):

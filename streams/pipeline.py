@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import logging
 import tempfile
 import time
@@ -24,9 +25,10 @@ import numpy as np
 import stamina
 
 import schemas
+from streams.audiostages import AudioStages
 from streams.chunking import ChunkPolicy, Plan, Request, max_chunk_seconds, plan_requests
 from streams.config import Settings
-from streams.crashloop import FIRST_RUN, Run
+from streams.crashloop import FIRST_RUN, Run, abort_if_chosen
 from streams.decode import SAMPLE_RATE, SpooledAudio, decode_to_files
 from streams.dualmono import DualMonoDetector
 from streams.encode import encode_data_uri
@@ -100,6 +102,8 @@ class _Planned:
     plan: Plan
     split: bool
     """Whether channels are transcribed apart (with roles), after the dual-mono check."""
+    same_signal: bool = False
+    """The recorder wrote one signal on both channels (transcribed once, as a mixed call)."""
 
 
 def _decode_and_plan(
@@ -112,7 +116,11 @@ def _decode_and_plan(
     policy: ChunkPolicy,
     vad_aggressiveness: int,
 ) -> _Planned:
-    """Decode to per-channel files while the VAD listens, then plan the requests (blocking)."""
+    """Decode to per-channel files while the VAD listens, then plan the requests (blocking).
+
+    Runs in a thread or in an audio process (streams/audiostages.py): no logging here.
+    """
+    abort_if_chosen(recording.recording_id)
     detectors: list[SpeechDetector] = []
     dual_mono = DualMonoDetector()
 
@@ -130,14 +138,14 @@ def _decode_and_plan(
     )
     maps = [detector.finish() for detector in detectors]
     roles = _roles(recording, len(maps))
-    if recording.layout == "auto" and dual_mono.same():
+    same_signal = recording.layout == "auto" and dual_mono.same()
+    if same_signal:
         # The recorder wrote one signal twice: transcribe it once, as a mixed call.
-        log.info("recording %s: both channels carry the same signal", recording.recording_id)
         maps, roles = maps[:1], (None,)
     split = any(role is not None for role in roles)
     plan: Plan = (recording.plan or split_plan) if split else (recording.plan or "packed")
     requests = plan_requests(maps, roles, policy, plan=plan, sample_rate=audio.sample_rate)
-    return _Planned(audio, requests, plan, split)
+    return _Planned(audio, requests, plan, split, same_signal)
 
 
 def _request_uri(audio: SpooledAudio, request: Request) -> str:
@@ -162,8 +170,10 @@ class Pipeline:
         *,
         retry_wait_initial_s: float = 0.5,
         retry_wait_max_s: float = 10.0,
+        stages: AudioStages | None = None,
     ) -> None:
         self._settings = settings
+        self._stages = stages if stages is not None else AudioStages(0)
         self._backend = backend
         self._publisher = publisher
         self._fetch_http = fetch_http
@@ -273,17 +283,22 @@ class Pipeline:
                 t = time.perf_counter()
                 # Both caps are checked before the first request: the size by fetch, the
                 # duration by decode, which finishes before anything is sent.
-                planned = await asyncio.to_thread(
+                decode = functools.partial(
                     _decode_and_plan,
-                    fetched.path,
-                    spool,
                     recording=recording,
                     split_plan=self._settings.split_plan,
                     max_duration_s=self._settings.max_audio_s,
                     policy=self._policy,
                     vad_aggressiveness=self._settings.vad_aggressiveness,
                 )
+                planned = await self._stages.run(
+                    "decode", recording.recording_id, decode, fetched.path, spool
+                )
             timings["decode_s"] = time.perf_counter() - t
+            if planned.same_signal:
+                log.info(
+                    "recording %s: both channels carry the same signal", recording.recording_id
+                )
             return await self._transcribe_requests(recording, planned, progress, timings)
 
     async def _transcribe_requests(
@@ -412,7 +427,9 @@ class Pipeline:
         # the slot is given back: audio in memory is bounded by asr_concurrency.
         async with self._slots:
             with self._holding_slot():
-                audio_uri = await asyncio.to_thread(_request_uri, audio, request)
+                audio_uri = await self._stages.run(
+                    "encode", recording.recording_id, _request_uri, audio, request
+                )
                 progress.attempts += 1
                 text = ""
                 async with contextlib.aclosing(self._backend.stream(audio_uri, options)) as stream:

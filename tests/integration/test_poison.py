@@ -1,11 +1,12 @@
 """A poison recording on the real stack: it kills the worker at every start, and its partition
 still moves on.
 
-- A recording that kills its worker each time it starts (the test hook
-  ``STREAMS_TEST_HOOK_EXIT_ON_RECORDING`` exits right after the start was counted, as a decoder
-  crash or the kernel's OOM killer would) is answered with exactly one failed event
-  ``worker_crashed`` after ``STREAMS_MAX_STARTS`` worker deaths, without reaching the
-  recogniser; every other recording, on its partition and on the others, ends final.
+- A recording whose decoder aborts (the test hook ``STREAMS_TEST_HOOK_ABORT_DECODING`` calls
+  ``abort()`` where decoding starts, as FFmpeg does when an internal assertion fails) kills a
+  worker that decodes in its threads at every start: it is answered with exactly one failed
+  event ``worker_crashed`` after ``STREAMS_MAX_STARTS`` worker deaths, without reaching the
+  recogniser, and every other recording, on its partition and on the others, ends final.
+  With audio processes the worker does not die at all: one failed event, the rest final.
 - A recording redone after its worker died numbers its partial events' attempts above the dead
   run's, so "keep the highest attempt" keeps the new run's text.
 - A first start with 64 partitions and a fresh app id runs without ``PartitionsMismatch``: the
@@ -16,18 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import re
 import shutil
+import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.crashloop import TEST_EXIT_VARIABLE
+from streams.crashloop import TEST_ABORT_VARIABLE
 from streams.idempotency import changelog_topic
 from tests.audio import asset
 from tests.fixtures.asr_server import ScriptedServer
@@ -45,7 +49,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 AUDIO = "en_speechbrain_harvard_birch_canoe.wav"  # 3.3 s of speech: one request
 MAX_STARTS = 3  # the default, which these tests hold
-HOOK_EXIT = 70  # crashloop.exit_if_chosen's status
 
 
 def _events(stack: Stack, ids: list[str]) -> list[dict[str, Any]]:
@@ -101,66 +104,63 @@ async def _restart_whenever_it_dies(
     return codes
 
 
-async def test_a_recording_that_kills_the_worker_at_every_start_fails_once_and_others_finish(
-    stack: Stack, scripted_server: ScriptedServer
-) -> None:
-    """The worker dies each time the poison recording starts and is started again each time:
-    after 3 deaths the poison recording gets exactly one failed event ``worker_crashed`` (not
-    retryable) and never reached the recogniser; the recordings behind it on its partition,
-    and those in flight on the others at each death, all end in one final."""
-    poison = "poison-0005"
-    ids = [f"poison-{i:04d}" for i in range(24)]
-    # Every request waits 1 s for its first byte: when the poison recording starts, recordings
-    # of the other partitions are in the middle of recognition, and die with the worker.
+POISON = "poison-0005"
+POISON_IDS = [f"poison-{i:04d}" for i in range(24)]
+
+
+async def _poison_run(
+    stack: Stack, scripted_server: ScriptedServer, **env: str
+) -> tuple[WorkerProcess, list[int], list[Message]]:
+    """Publish 24 recordings, one of them poison, to a worker whose decoder aborts on it;
+    start the worker again whenever it dies, until every recording is answered."""
+    # Every request waits 1 s for its first byte: when the poison recording is decoded,
+    # recordings of the other partitions are in the middle of recognition.
     scripted_server.set_faults([{"fault": "slow_first_byte", "delay_s": 1.0}])
-    worker = stack.start_worker(**{TEST_EXIT_VARIABLE: poison})
+    worker = stack.start_worker(**{TEST_ABORT_VARIABLE: POISON}, **env)
     async with stack.watch() as watcher:
-        await stack.publish(_events(stack, ids))
-        others = set(ids) - {poison}
+        await stack.publish(_events(stack, POISON_IDS))
 
         def done(w: Watcher) -> bool:
-            return others <= w.answered() and poison in w.answered()
+            return set(POISON_IDS) <= w.answered()
 
         codes = await _restart_whenever_it_dies(worker, watcher, done, timeout_s=420)
+    children = _children(worker)
     messages = await stop_and_drain(stack)
+    # The audio processes (and multiprocessing's resource tracker) end with the worker.
+    assert not await asyncio.to_thread(_gone_within, children, 30.0), children
     for message in messages:
         validate(message)
-    log = _log(worker)
+    return worker, codes, messages
 
+
+async def _assert_poison_failed_once_and_the_rest_final(
+    stack: Stack, scripted_server: ScriptedServer, messages: list[Message], *, stage: str
+) -> None:
     # Where each recording sits: the poison one has recordings behind it on its partition.
     placed = {
         m.value["recording_id"]: m for m in await read_to_end(stack.bootstrap, (stack.recordings,))
     }
-    home = placed[poison].partition
+    home = placed[POISON].partition
     behind = [
         rid
-        for rid in ids
-        if placed[rid].partition == home and placed[rid].offset > placed[poison].offset
+        for rid in POISON_IDS
+        if placed[rid].partition == home and placed[rid].offset > placed[POISON].offset
     ]
     assert len(behind) >= 2, behind  # fixed ids, fixed partitions: a check on the setup
 
-    assert codes == [HOOK_EXIT] * MAX_STARTS
     terminal = _by_recording(stack, messages)
-    [failed] = terminal[poison]
+    [failed] = terminal[POISON]
     assert failed.topic == stack.failed
     error = failed.value["error"]
-    assert (error["code"], error["stage"], error["retryable"]) == (
-        "worker_crashed",
-        "pipeline",
-        False,
-    ), error
-    assert failed.value["original_event"]["recording_id"] == poison
-    assert _requests_of(scripted_server, poison) == []  # the hook fires before any request
+    assert (error["code"], error["stage"], error["retryable"]) == ("worker_crashed", stage, False)
+    assert failed.value["original_event"]["recording_id"] == POISON
+    assert _requests_of(scripted_server, POISON) == []  # the decoder dies before any request
     assert not [
-        m for m in messages if m.topic == stack.partial and m.value["recording_id"] == poison
+        m for m in messages if m.topic == stack.partial and m.value["recording_id"] == POISON
     ]
-    # Its third start ran alone in the worker; the fourth delivery was not started at all.
-    assert re.search(rf"recording {poison} at \S+: start 3 of at most 3;.* runs alone", log)
-    assert log.count(f"exiting on recording {poison}") == MAX_STARTS
-
-    republished = log.count("again, without recognition")
+    republished = sum(_log(w).count("again, without recognition") for w in stack.workers)
     duplicates = 0
-    for rid in sorted(others):
+    for rid in sorted(set(POISON_IDS) - {POISON}):
         events = terminal[rid]
         assert {m.topic for m in events} == {stack.final}, (rid, [m.value for m in events])
         # A second final can only be the same event, re-sent from the ledger after a death
@@ -169,9 +169,67 @@ async def test_a_recording_that_kills_the_worker_at_every_start_fails_once_and_o
         duplicates += len(events) - 1
     assert duplicates <= republished
     assert all(terminal[rid][0].topic == stack.final for rid in behind)
+
+
+async def test_a_recording_whose_decoder_kills_the_worker_fails_once_and_the_rest_finish(
+    stack: Stack, scripted_server: ScriptedServer
+) -> None:
+    """Decoding in the worker's threads, the poison recording's decoder aborts the worker at
+    every start, and the worker is started again each time: after 3 deaths it gets exactly one
+    failed event ``worker_crashed`` (not retryable) without being started again and without
+    reaching the recogniser; the recordings behind it on its partition, and those in flight on
+    the others at each death, all end in one final."""
+    worker, codes, messages = await _poison_run(stack, scripted_server, STREAMS_AUDIO_PROCESSES="0")
+    log = _log(worker)
+    assert codes == [-signal.SIGABRT] * MAX_STARTS
+    assert log.count(f"aborting the decoder on {POISON}") == MAX_STARTS
+    await _assert_poison_failed_once_and_the_rest_final(
+        stack, scripted_server, messages, stage="pipeline"
+    )
+    # Its third start ran alone in the worker; the fourth delivery was not started at all.
+    assert re.search(rf"recording {POISON} at \S+: start 3 of at most 3;.* runs alone", log)
+    assert not re.search(rf"recording {POISON} at \S+: start 4", log)
     # Recordings in flight at a death were started again, never refused.
     assert log.count(": worker_crashed after") == 1
-    assert "runs alone in the worker" in log
+
+
+async def test_a_decoder_crash_in_an_audio_process_fails_one_recording_not_the_worker(
+    stack: Stack, scripted_server: ScriptedServer
+) -> None:
+    """Decoding in 2 audio processes, the poison recording's decoder aborts its process: the
+    worker never dies; the recording is decoded again in a process of its own, aborts again
+    and gets one failed event ``worker_crashed`` at stage decode; the recordings whose decode
+    shared the broken pool are decoded again and end final, like every other."""
+    worker, codes, messages = await _poison_run(stack, scripted_server, STREAMS_AUDIO_PROCESSES="2")
+    log = _log(worker)
+    assert codes == []
+    assert log.count(f"aborting the decoder on {POISON}") == 2
+    await _assert_poison_failed_once_and_the_rest_final(
+        stack, scripted_server, messages, stage="decode"
+    )
+    assert "start 2 of" not in log  # nothing was redelivered: the worker lived
+
+
+def _alive(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def _gone_within(pids: list[int], timeout_s: float) -> list[int]:
+    """Wait up to ``timeout_s`` for the processes to end; return those still alive."""
+    deadline = time.monotonic() + timeout_s
+    while (alive := _alive(pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
+def _children(worker: WorkerProcess) -> list[int]:
+    """Process ids of the worker's child processes (its audio processes), now."""
+    assert worker.proc is not None
+    pids: list[int] = []
+    for task in Path(f"/proc/{worker.pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            pids += [int(pid) for pid in (task / "children").read_text().split()]
+    return pids
 
 
 async def test_a_run_after_a_death_numbers_its_attempts_above_the_dead_runs(
