@@ -61,7 +61,7 @@ def _exit_with(sentinel: int) -> None:
 
 def _warm() -> None:
     """Import the stages' modules in a new process, so the first recording does not wait."""
-    import streams.pipeline  # noqa: F401
+    import streams.audiowork  # noqa: F401
 
 
 class AudioStages:

@@ -21,17 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import stamina
 
 import schemas
 from streams.audiostages import AudioStages
-from streams.chunking import ChunkPolicy, Plan, Request, max_chunk_seconds, plan_requests
+from streams.audiowork import Planned, decode_and_plan, request_uri
+from streams.chunking import ChunkPolicy, Request, max_chunk_seconds
 from streams.config import Settings
-from streams.crashloop import FIRST_RUN, Run, abort_if_chosen
-from streams.decode import SAMPLE_RATE, SpooledAudio, decode_to_files
-from streams.dualmono import DualMonoDetector
-from streams.encode import encode_data_uri
+from streams.crashloop import FIRST_RUN, Run
+from streams.decode import SAMPLE_RATE, SpooledAudio
 from streams.errors import (
     DeadlineExceeded,
     PipelineError,
@@ -51,7 +49,6 @@ from streams.events import (
 from streams.fetch import FetchLimits, fetch
 from streams.publish import Publisher
 from streams.transcribe import RecognitionBackend, RecognitionOptions, Result
-from streams.vad import SpeechDetector
 
 __all__ = ["Pipeline", "chunk_policy", "fetch_limits"]
 
@@ -91,66 +88,6 @@ def chunk_policy(settings: Settings) -> ChunkPolicy:
             settings.max_request_s, settings.max_request_bytes, SAMPLE_RATE
         ),
     )
-
-
-@dataclass(frozen=True)
-class _Planned:
-    """A decoded recording and its requests."""
-
-    audio: SpooledAudio
-    requests: list[Request]
-    plan: Plan
-    split: bool
-    """Whether channels are transcribed apart (with roles), after the dual-mono check."""
-    same_signal: bool = False
-    """The recorder wrote one signal on both channels (transcribed once, as a mixed call)."""
-
-
-def _decode_and_plan(
-    path: Path,
-    directory: Path,
-    *,
-    recording: Recording,
-    split_plan: Plan,
-    max_duration_s: float,
-    policy: ChunkPolicy,
-    vad_aggressiveness: int,
-) -> _Planned:
-    """Decode to per-channel files while the VAD listens, then plan the requests (blocking).
-
-    Runs in a thread or in an audio process (streams/audiostages.py): no logging here.
-    """
-    abort_if_chosen(recording.recording_id)
-    detectors: list[SpeechDetector] = []
-    dual_mono = DualMonoDetector()
-
-    def listen(block: Any) -> None:
-        if not detectors:
-            detectors.extend(SpeechDetector(vad_aggressiveness) for _ in block)
-        for detector, row in zip(detectors, block, strict=True):
-            detector.feed(row)
-        if recording.layout == "auto":
-            dual_mono.feed(block)
-
-    layout = "mix" if recording.layout == "mix" else "split"
-    audio = decode_to_files(
-        path, directory, layout=layout, max_duration_s=max_duration_s, on_block=listen
-    )
-    maps = [detector.finish() for detector in detectors]
-    roles = _roles(recording, len(maps))
-    same_signal = recording.layout == "auto" and dual_mono.same()
-    if same_signal:
-        # The recorder wrote one signal twice: transcribe it once, as a mixed call.
-        maps, roles = maps[:1], (None,)
-    split = any(role is not None for role in roles)
-    plan: Plan = (recording.plan or split_plan) if split else (recording.plan or "packed")
-    requests = plan_requests(maps, roles, policy, plan=plan, sample_rate=audio.sample_rate)
-    return _Planned(audio, requests, plan, split, same_signal)
-
-
-def _request_uri(audio: SpooledAudio, request: Request) -> str:
-    pcm = [audio.read(request.channel, start, end) for start, end in request.stretches]
-    return encode_data_uri(np.concatenate(pcm) if len(pcm) > 1 else pcm[0], audio.sample_rate)
 
 
 def _retry_backoff(exc: Exception) -> bool | float:
@@ -284,7 +221,7 @@ class Pipeline:
                 # Both caps are checked before the first request: the size by fetch, the
                 # duration by decode, which finishes before anything is sent.
                 decode = functools.partial(
-                    _decode_and_plan,
+                    decode_and_plan,
                     recording=recording,
                     split_plan=self._settings.split_plan,
                     max_duration_s=self._settings.max_audio_s,
@@ -304,7 +241,7 @@ class Pipeline:
     async def _transcribe_requests(
         self,
         recording: Recording,
-        planned: _Planned,
+        planned: Planned,
         progress: _Progress,
         timings: dict[str, Any],
     ) -> dict[str, Any]:
@@ -428,7 +365,7 @@ class Pipeline:
         async with self._slots:
             with self._holding_slot():
                 audio_uri = await self._stages.run(
-                    "encode", recording.recording_id, _request_uri, audio, request
+                    "encode", recording.recording_id, request_uri, audio, request
                 )
                 progress.attempts += 1
                 text = ""
@@ -466,7 +403,7 @@ class Pipeline:
     def _final_event(
         self,
         recording: Recording,
-        planned: _Planned,
+        planned: Planned,
         results: list[tuple[Request, Result]],
         progress: _Progress,
         timings: dict[str, Any],
@@ -530,15 +467,6 @@ def _first(group: BaseExceptionGroup[PipelineError]) -> PipelineError:
     """The first error of a group that task groups may have nested (one per channel)."""
     first = group.exceptions[0]
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _roles(recording: Recording, channels: int) -> tuple[str | None, ...]:
-    """Each channel's role: ``split`` always tags, ``auto`` only when there are two or more."""
-    if recording.layout == "mix" or (recording.layout == "auto" and channels < 2):
-        return (None,) * channels
-    return tuple(
-        recording.roles[i] if i < len(recording.roles) else f"channel{i}" for i in range(channels)
-    )
 
 
 def _turns(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,8 +3,8 @@
 Run ``python -m tests.benchmarks.bench_audio_stages [--runs 3] [--recordings 8]``. It prints
 one table and writes ``bench-results/bench_audio_stages.json``. Figures, never assertions.
 
-The stages are the worker's own (streams/pipeline.py): ``_decode_and_plan`` (PyAV decode, the
-WebRTC VAD, the dual-mono check, the request plan) and ``_request_uri`` (read a request's PCM
+The stages are the worker's own (streams/audiowork.py): ``decode_and_plan`` (PyAV decode, the
+WebRTC VAD, the dual-mono check, the request plan) and ``request_uri`` (read a request's PCM
 from the spool, FLAC, base64), run through :class:`streams.audiostages.AudioStages` as the
 worker runs them. For each mode (``threads``; ``pool-N``: N processes):
 
@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from streams.audiostages import AudioStages
+from streams.audiowork import decode_and_plan, request_uri
 from streams.config import Settings
 from streams.decode import SAMPLE_RATE
 from streams.events import RecognitionDefaults, parse_recording
-from streams.pipeline import _decode_and_plan, _request_uri, chunk_policy
+from streams.pipeline import chunk_policy
 from tests.audio import asset, conversation_script, stereo_call, transcode, write_wav
 from tests.benchmarks.harness import cpu_seconds, memory_kib, percentile
 
@@ -64,7 +65,7 @@ def _recording(path: Path, rid: str) -> Any:
 
 def _decode_call(settings: Settings) -> functools.partial[Any]:
     return functools.partial(
-        _decode_and_plan,
+        decode_and_plan,
         split_plan=settings.split_plan,
         max_duration_s=settings.max_audio_s,
         policy=chunk_policy(settings),
@@ -163,7 +164,7 @@ async def _mode(
     request = max(planned[0].requests, key=lambda r: r.duration_s)
     for _ in range(5):
         t = time.perf_counter()
-        uri = await stages.run("encode", "enc", _request_uri, planned[0].audio, request)
+        uri = await stages.run("encode", "enc", request_uri, planned[0].audio, request)
         encode.append(time.perf_counter() - t)
     figures["one_call_s"] = statistics.median(one_call)
     figures["one_clip_ms"] = statistics.median(one_clip) * 1000

@@ -1,0 +1,93 @@
+"""The blocking audio work of one recording: decode, listen, plan; encode each request.
+
+What runs off the worker's event loop, in a thread or in an audio process
+(streams/audiostages.py). Kept apart from the pipeline so that an audio process imports only
+what decoding needs (no HTTP clients), and everything crossing the process boundary (the
+recording, the plan, the spooled audio's paths) pickles small. Nothing here logs: an audio
+process has no logging set up; the pipeline logs what these functions return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streams.chunking import ChunkPolicy, Plan, Request, plan_requests
+from streams.crashloop import abort_if_chosen
+from streams.decode import SpooledAudio, decode_to_files
+from streams.dualmono import DualMonoDetector
+from streams.encode import encode_data_uri
+from streams.events import Recording
+from streams.vad import SpeechDetector
+
+__all__ = ["Planned", "decode_and_plan", "request_uri"]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A decoded recording and its requests."""
+
+    audio: SpooledAudio
+    requests: list[Request]
+    plan: Plan
+    split: bool
+    """Whether channels are transcribed apart (with roles), after the dual-mono check."""
+    same_signal: bool = False
+    """The recorder wrote one signal on both channels (transcribed once, as a mixed call)."""
+
+
+def decode_and_plan(
+    path: Path,
+    directory: Path,
+    *,
+    recording: Recording,
+    split_plan: Plan,
+    max_duration_s: float,
+    policy: ChunkPolicy,
+    vad_aggressiveness: int,
+) -> Planned:
+    """Decode to per-channel files while the VAD listens, then plan the requests."""
+    abort_if_chosen(recording.recording_id)
+    detectors: list[SpeechDetector] = []
+    dual_mono = DualMonoDetector()
+
+    def listen(block: Any) -> None:
+        if not detectors:
+            detectors.extend(SpeechDetector(vad_aggressiveness) for _ in block)
+        for detector, row in zip(detectors, block, strict=True):
+            detector.feed(row)
+        if recording.layout == "auto":
+            dual_mono.feed(block)
+
+    layout = "mix" if recording.layout == "mix" else "split"
+    audio = decode_to_files(
+        path, directory, layout=layout, max_duration_s=max_duration_s, on_block=listen
+    )
+    maps = [detector.finish() for detector in detectors]
+    roles = _roles(recording, len(maps))
+    same_signal = recording.layout == "auto" and dual_mono.same()
+    if same_signal:
+        # The recorder wrote one signal twice: transcribe it once, as a mixed call.
+        maps, roles = maps[:1], (None,)
+    split = any(role is not None for role in roles)
+    plan: Plan = (recording.plan or split_plan) if split else (recording.plan or "packed")
+    requests = plan_requests(maps, roles, policy, plan=plan, sample_rate=audio.sample_rate)
+    return Planned(audio, requests, plan, split, same_signal)
+
+
+def request_uri(audio: SpooledAudio, request: Request) -> str:
+    """The ``data:`` URI of one request: its stretches read from the spool, as FLAC."""
+    pcm = [audio.read(request.channel, start, end) for start, end in request.stretches]
+    return encode_data_uri(np.concatenate(pcm) if len(pcm) > 1 else pcm[0], audio.sample_rate)
+
+
+def _roles(recording: Recording, channels: int) -> tuple[str | None, ...]:
+    """Each channel's role: ``split`` always tags, ``auto`` only when there are two or more."""
+    if recording.layout == "mix" or (recording.layout == "auto" and channels < 2):
+        return (None,) * channels
+    return tuple(
+        recording.roles[i] if i < len(recording.roles) else f"channel{i}" for i in range(channels)
+    )
