@@ -164,9 +164,10 @@ class Settings(BaseSettings):
     """Audio kept before and after each stretch of speech."""
     vad_aggressiveness: int = Field(default=1, ge=0, le=3)
     """WebRTC VAD mode: 0 sends the most, 3 the least (docs/audio.md measures each)."""
-    audio_processes: int = Field(default=0, ge=0)
-    """Processes that decode, run the VAD and encode (streams/audiostages.py); a decoder
-    crash there fails one recording instead of the worker. 0: threads of the worker."""
+    audio_processes: int = Field(default=2, ge=0)
+    """Processes that decode, run the VAD and encode (streams/audiostages.py): a decoder crash
+    fails one recording instead of the worker, and the stages use more than one core (about
+    70 MiB each). 0: threads of the worker, as before."""
 
     @model_validator(mode="before")
     @classmethod

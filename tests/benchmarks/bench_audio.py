@@ -33,11 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from streams.audiowork import decode_and_plan as _decode_and_plan
 from streams.chunking import ChunkPolicy, SpeechMap, plan_spans
 from streams.config import Settings
 from streams.decode import SAMPLE_RATE, decode_sync
 from streams.encode import encode_flac
-from streams.pipeline import _chunk_uri, _decode_and_plan, chunk_policy
+from streams.pipeline import _chunk_uri, chunk_policy  # _chunk_uri: gone since 8d95ee3
 from tests.audio import (
     conversation_script,
     english_clips,

@@ -3,8 +3,8 @@
 The two-hour call is a telephone recording (8 kHz mu-law stereo WAV, 124 MB) of a
 conversation built from real speech (tests/audio.py): alternating and overlapping turns, a
 minute on hold, and a monologue longer than one request, repeated to two hours. The worker
-must finish it with bounded memory (its peak RSS is read from /proc) and never have more
-requests in flight than its bound.
+must finish it with bounded memory (its peak RSS and its audio processes' are read from
+/proc) and never have more requests in flight than its bound.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ pytestmark = pytest.mark.integration
 
 TWO_HOURS_S = 7200.0
 CONCURRENCY = 4
-MAX_RSS_MB = 500
+MAX_RSS_MB = 600
+"""Peak RSS of the worker and its audio processes, summed. Measured: the worker alone 397 MB
+with the stages in its threads; 246 MB with 2 audio processes of about 130 MB each."""
 
 
 def two_hour_call(target: Path) -> Path:
@@ -46,13 +48,6 @@ def two_hour_call(target: Path) -> Path:
                 yield block
 
     return write_wav_blocks(target, blocks())
-
-
-def _peak_rss_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    found = re.search(r"VmHWM:\s+(\d+) kB", status)
-    assert found, status
-    return int(found.group(1)) / 1024
 
 
 async def _terminal(stack: Stack, wanted: set[str], timeout_s: float) -> dict[str, Any]:
@@ -86,8 +81,8 @@ async def test_a_two_hour_call_transcribes_with_bounded_memory(
         ]
     )
     events = await _terminal(stack, {"two-hours"}, timeout_s=780)
-    assert worker.proc is not None
-    peak_mb = _peak_rss_mb(worker.proc.pid)
+    # The worker's and its audio processes' (streams/audiostages.py) peaks, summed.
+    peak_mb = worker.total_memory_kib()["VmHWM"] / 1024
     final = events["two-hours"]
     assert final["type"] == "final", final
     log = worker.log_path.read_text()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import re
 import shutil
@@ -124,7 +123,7 @@ async def _poison_run(
             return set(POISON_IDS) <= w.answered()
 
         codes = await _restart_whenever_it_dies(worker, watcher, done, timeout_s=420)
-    children = _children(worker)
+    children = worker.children()
     messages = await stop_and_drain(stack)
     # The audio processes (and multiprocessing's resource tracker) end with the worker.
     assert not await asyncio.to_thread(_gone_within, children, 30.0), children
@@ -220,16 +219,6 @@ def _gone_within(pids: list[int], timeout_s: float) -> list[int]:
     while (alive := _alive(pids)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return alive
-
-
-def _children(worker: WorkerProcess) -> list[int]:
-    """Process ids of the worker's child processes (its audio processes), now."""
-    assert worker.proc is not None
-    pids: list[int] = []
-    for task in Path(f"/proc/{worker.pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):
-            pids += [int(pid) for pid in (task / "children").read_text().split()]
-    return pids
 
 
 async def test_a_run_after_a_death_numbers_its_attempts_above_the_dead_runs(
