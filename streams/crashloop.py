@@ -112,7 +112,9 @@ class RunGate:
             try:
                 await self._changed.wait_for(lambda: not self._alone and not self._together)
             finally:
+                # Also when cancelled (a revoked partition): the ones held back may go on.
                 self._waiting_alone -= 1
+                self._changed.notify_all()
             self._alone = True
         try:
             yield

@@ -76,6 +76,34 @@ async def test_alone_waits_for_the_running_ones_and_holds_new_ones_back() -> Non
     assert gate.running == 0
 
 
+async def test_a_cancelled_wait_to_run_alone_lets_the_others_go_on() -> None:
+    """A recording waiting to run alone whose partition is revoked stops waiting, and the
+    recordings it held back start."""
+    gate = RunGate()
+    release = asyncio.Event()
+    entered: list[str] = []
+
+    async def run(name: str, how: Any) -> None:
+        async with gate.enter(how):
+            entered.append(name)
+            await release.wait()
+
+    a = asyncio.create_task(run("a", "together"))
+    await _settle()
+    b = asyncio.create_task(run("b", "alone"))
+    await _settle()
+    c = asyncio.create_task(run("c", "together"))
+    await _settle()
+    assert entered == ["a"]
+    b.cancel()
+    await _settle()
+    assert entered == ["a", "c"]
+    release.set()
+    await asyncio.gather(a, c)
+    assert b.cancelled()
+    assert gate.running == 0
+
+
 async def test_together_ones_share_the_gate() -> None:
     """Without a recording alone, any number run at once."""
     gate = RunGate()
