@@ -164,8 +164,8 @@ def create_app(settings: Settings) -> faust.App:
         stream_processing_timeout=settings.recording_deadline_s + 60.0,
         broker_commit_livelock_soft_timeout=settings.recording_deadline_s + 60.0,
     )
-    # After a rebalance, a partition with no committed offset starts where a new group
-    # would (the beginning), not past records fetched and dropped meanwhile (offsets.py).
+    # No recording skipped across a rebalance: records are not fetched and dropped while
+    # it settles, and a partition never committed on starts at its beginning (offsets.py).
     rewind_uncommitted(app)
     recordings_name = settings.topic_recordings
     recordings = app.topic(recordings_name, key_type=bytes, value_type=bytes)

@@ -1,44 +1,49 @@
-"""After a rebalance, a partition the group never committed on starts where the reset policy says.
+"""No recording skipped across a rebalance: faust's consumer, with two corrections.
 
-The bug this works around (faust-streaming 0.15.3 with aiokafka 0.14): records published while
-a rebalance settles could be skipped by the worker that gave up partitions, on any partition
-of the group that had no committed offset yet (a new topic or a new group).
+The bug (faust-streaming 0.15.3 with aiokafka 0.14): records published while a rebalance
+settles could be skipped by a worker on partitions with no committed offset yet (a new topic
+or a new group), until the next rebalance, or for good once a later record of the partition
+was processed and committed. How, in the installed sources:
 
-1. The worker's fetch is in flight when the rebalance starts: faust's fetcher waits in
-   aiokafka's ``Fetcher.fetched_records`` (faust ``transport/drivers/aiokafka.py``,
-   ``AIOKafkaConsumerThread._fetch_records``, timeout 1 s), which waits for the new
-   assignment and then returns records of it, moving aiokafka's position past them
-   (``aiokafka/consumer/fetcher.py``, ``fetched_records``).
-2. faust's flow is stopped during the rebalance, so ``Consumer.getmany`` drops those records
-   (``faust/transport/consumer.py``, the ``else`` branch after ``if self.flow_active``) and
-   calls ``perform_seek``, as table recovery does again before "Worker ready"
-   (``faust/tables/recovery.py``, ``on_recovery_completed`` and ``_resume_streams``):
-   "Seek stream partitions to committed offsets".
-3. ``perform_seek`` calls aiokafka's ``AIOKafkaConsumer.seek_to_committed``
-   (``aiokafka/consumer/consumer.py``), which seeks only ``if offset and offset > 0``: a
-   partition without a committed offset (``None``) stays where the dropped records left it.
+1. aiokafka advances its position when it hands records over: ``Fetcher.fetched_records``
+   (``aiokafka/consumer/fetcher.py``) waits for a pending reassignment and then drains the
+   records of the *new* assignment of every partition in the set it was given. faust calls it
+   from ``AIOKafkaConsumerThread._fetch_records`` (``faust/transport/drivers/aiokafka.py``)
+   with the live set of active partitions, with a 1 s timeout, so a fetch in flight when the
+   rebalance starts returns records of the new assignment.
+2. faust drops records it fetched during a rebalance: ``Consumer.getmany``
+   (``faust/transport/consumer.py``) discards the batch when its flow is stopped (the
+   ``else`` branch after ``if self.flow_active``, "getmany called while flow not active") or
+   the generation changed, and table recovery resumes the stream partitions *before* it seeks
+   them (``faust/tables/recovery.py``, ``on_recovery_completed``: ``resume_partitions``, then
+   ``perform_seek``), after which ``flow_control.resume()`` clears every stream buffer
+   (``mode/utils/queues.py``, ``FlowControlEvent.resume``). Records delivered meanwhile are
+   thrown away; a record delivered late also moves ``_read_offset`` past the ones fetched
+   again, which ``Consumer._drain_messages`` then drops ("DROPPED MESSAGE ROFF").
+3. Seeking back does not undo it for a partition never committed on: ``perform_seek`` calls
+   aiokafka's ``AIOKafkaConsumer.seek_to_committed`` (``aiokafka/consumer/consumer.py``),
+   which seeks only ``if offset and offset > 0``; a partition with no committed offset
+   (``None``) stays past the dropped records. (aio-libs/aiokafka#1003 reports that the same
+   test skips a committed 0; faust-streaming/faust#216 is a similar symptom, closed.)
 
-The dropped records were then not read again until the next rebalance, and never once a later
-record of the partition was processed and its offset committed: no terminal event, against
-the delivery rule. A partition with a committed offset was not affected, which is why only new
-topics and groups saw it (aio-libs/aiokafka#1003 reports the sibling case: a committed offset
-of 0 is skipped by the same test; faust-streaming/faust#216 is a similar symptom without
-tables, closed).
+The corrections, both in faust's aiokafka consumer thread:
 
-The fix: the worker's consumer seeks to the committed offsets as before, then moves every
-stream partition that has none to where a new group starts, by ``consumer_auto_offset_reset``
-(``earliest`` by default, ours: the beginning of the partition; ``latest``: its end; ``none``:
-left alone), and a committed 0 to offset 0. That is the position aiokafka itself gives such a
-partition when it is assigned, so nothing is read that a fresh assignment would not read.
-Records read again this way were never committed; the ``finalized`` table answers those that
-have a terminal event already (streams/idempotency.py). Changelog partitions are left alone:
-table recovery positions them itself, and their offsets are never committed.
+- While the app is rebalancing (from the revocation until faust's "Worker ready"), aiokafka
+  hands over no records of stream partitions: they stay in its buffer with the position
+  before them, and are handed over once the streams run again. Changelog partitions are
+  read as before (table recovery and standbys need them). This removes the drops of step 2.
+- ``seek_to_committed`` moves a stream partition without a committed offset to where a new
+  group starts, by ``consumer_auto_offset_reset`` (``earliest`` by default, and ours: the
+  beginning; ``latest``: the end; ``none``: left alone), and a committed 0 to offset 0: the
+  position aiokafka gives such a partition when it is assigned. Records read again that way
+  were never committed, and the ``finalized`` table answers those that have a terminal event
+  already (streams/idempotency.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import faust
@@ -46,13 +51,52 @@ from aiokafka import AIOKafkaConsumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
-__all__ = ["RewindingTransport", "rewind_uncommitted"]
+__all__ = ["HandOver", "RewindingTransport", "rewind", "rewind_uncommitted"]
 
 log = logging.getLogger(__name__)
 
 
+class HandOver:
+    """The partitions aiokafka may hand records of, decided at the moment it hands them.
+
+    aiokafka's ``fetched_records(partitions)`` asks whether the set is empty and whether a
+    partition is in it, when it drains, so this stands in for faust's (live) set of active
+    partitions: a partition is in it when faust has it active and, while the app is
+    rebalancing, only if it belongs to a changelog topic.
+    """
+
+    def __init__(self, active: Collection[Any], app: faust.types.AppT) -> None:
+        self._active = active
+        self._app = app
+        self._changelogs = app.tables.changelog_topics
+
+    def __bool__(self) -> bool:
+        return True  # never "no filter": an empty set would make aiokafka hand over everything
+
+    def __contains__(self, tp: object) -> bool:
+        if tp not in self._active:
+            return False
+        return not self._app.rebalancing or getattr(tp, "topic", None) in self._changelogs
+
+    def __iter__(self) -> Iterator[Any]:
+        return (tp for tp in list(self._active) if tp in self)
+
+
 class _RewindingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """faust's aiokafka consumer thread; ``seek_to_committed`` also handles "no commit yet"."""
+    """faust's aiokafka consumer thread, with the two corrections of this module."""
+
+    async def _fetch_records(
+        self,
+        consumer: AIOKafkaConsumer,
+        active_partitions: Any,
+        timeout: float | None = None,  # noqa: ASYNC109 (faust's signature)
+        max_records: int | None = None,
+    ) -> Any:
+        if active_partitions:  # None or empty: faust's own cases, left as they are
+            active_partitions = HandOver(active_partitions, self.app)
+        return await super()._fetch_records(
+            consumer, active_partitions, timeout=timeout, max_records=max_records
+        )
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Seek to the committed offsets; partitions with none go where the reset policy says."""
@@ -75,7 +119,7 @@ async def rewind(
     committed: Mapping[Any, int | None],
     *,
     policy: str,
-    skip_topics: set[str] | frozenset[str] = frozenset(),
+    skip_topics: Collection[str] = frozenset(),
 ) -> list[Any]:
     """Position the partitions that ``seek_to_committed`` left alone; return them.
 
@@ -112,13 +156,13 @@ class _RewindingConsumer(faust_aiokafka.Consumer):
 
 
 class RewindingTransport(faust_aiokafka.Transport):
-    """faust's aiokafka transport, with a consumer that rewinds never-committed partitions."""
+    """faust's aiokafka transport, whose consumer has the corrections of this module."""
 
     Consumer = _RewindingConsumer
 
 
 def rewind_uncommitted(app: faust.App) -> None:
-    """Give ``app`` a consumer transport whose seeks to committed offsets handle "none yet".
+    """Give ``app`` the consumer transport of this module (see the module docstring).
 
     Call it right after creating the app, before topics and agents are declared (they touch
     the transport). Raises ValueError when the broker URL names a driver other than aiokafka.

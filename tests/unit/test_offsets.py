@@ -8,7 +8,7 @@ import faust
 import pytest
 from aiokafka import TopicPartition
 
-from streams.offsets import RewindingTransport, rewind, rewind_uncommitted
+from streams.offsets import HandOver, RewindingTransport, rewind, rewind_uncommitted
 
 REC = "recordings"
 LOG = "app-finalized-changelog"
@@ -75,3 +75,30 @@ def test_another_driver_is_refused() -> None:
     app = faust.App("offsets-unit", broker="confluent://127.0.0.1:9")
     with pytest.raises(ValueError, match="aiokafka"):
         rewind_uncommitted(app)
+
+
+class FakeApp:
+    """What HandOver reads of the app."""
+
+    def __init__(self) -> None:
+        self.rebalancing = False
+        self.tables = type("Tables", (), {"changelog_topics": {LOG}})()
+
+
+def test_stream_records_are_held_back_while_the_app_rebalances() -> None:
+    app = FakeApp()
+    active = {_tp(REC, 4), _tp(LOG, 4)}
+    hand_over = HandOver(active, app)  # type: ignore[arg-type]
+    assert hand_over  # never the empty "no filter" set
+    assert _tp(REC, 4) in hand_over
+    assert _tp(LOG, 4) in hand_over
+    assert _tp(REC, 5) not in hand_over  # not active
+    assert set(hand_over) == active
+    app.rebalancing = True
+    assert _tp(REC, 4) not in hand_over  # decided when aiokafka asks, not when created
+    assert _tp(LOG, 4) in hand_over  # table recovery reads its changelog meanwhile
+    assert set(hand_over) == {_tp(LOG, 4)}
+    active.discard(_tp(LOG, 4))  # faust's live set: a paused partition
+    assert _tp(LOG, 4) not in hand_over
+    app.rebalancing = False
+    assert _tp(REC, 4) in hand_over
