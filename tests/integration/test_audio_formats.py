@@ -68,7 +68,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 async def _run(
-    bootstrap: str, base_url: str, api_key: str, files: dict[str, Path], **extra_env: str
+    bootstrap: str,
+    base_url: str,
+    api_key: str,
+    files: dict[str, Path],
+    *,
+    timeout_s: float = 240,
+    **extra_env: str,
 ) -> dict[str, dict[str, Any]]:
     """One worker transcribes every file; the one terminal event of each, read after it stopped."""
     tmp = next(iter(files.values())).parent
@@ -106,7 +112,7 @@ async def _run(
         )
         await stack.collect(
             lambda ms: {m.value["recording_id"] for m in stack.terminal(ms)} >= set(files),
-            timeout_s=240,
+            timeout_s=timeout_s,
             topics=(stack.final, stack.failed),
         )
         messages = await stop_and_drain(stack)
@@ -146,8 +152,18 @@ async def recognised(
 ) -> dict[str, dict[str, Any]]:
     """Terminal event per format (and the 16 kHz WAV) from Whisper."""
     audio = {name: path for name, path in files.items() if name != "video-no-audio"}
+    # One request at a time, as the server recognises one at a time: a queued request would
+    # wait out a slow CPU's recognitions against its read timeout. The bounds are for a CPU
+    # several times slower than this one (about a minute here), not expected times.
     return await _run(
-        kafka_bootstrap, whisper.base_url, whisper.api_key, audio, STREAMS_ASR_CONCURRENCY="2"
+        kafka_bootstrap,
+        whisper.base_url,
+        whisper.api_key,
+        audio,
+        timeout_s=900,
+        STREAMS_ASR_CONCURRENCY="1",
+        STREAMS_ASR_READ_TIMEOUT_S="300",
+        STREAMS_RECORDING_DEADLINE_S="900",
     )
 
 
