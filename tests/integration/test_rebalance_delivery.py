@@ -8,12 +8,14 @@ logged, then faust's "Worker ready"), and a little longer. Every recording must 
 while both workers run, without waiting for another rebalance, and once only: duplicates are
 counted after the workers stopped and every output topic was read to its end.
 
-What this guards (streams/offsets.py): the first worker has a fetch in flight across the
-rebalance; aiokafka hands it records of its new assignment, faust drops them because its flow
-is stopped, then seeks back to the committed offsets, and aiokafka's ``seek_to_committed``
-leaves a partition with no committed offset where it is, past the dropped records. They were
-skipped until the next rebalance, or for good once a later record of the partition was
-committed (faust-streaming 0.15.3, aiokafka 0.14).
+What this guards (streams/offsets.py): while the rebalance settles, the first worker fetches
+records of its new partitions (a fetch in flight across the rebalance, or one made while
+recovery has resumed the partitions but not yet sought them) and faust drops them: its flow is
+stopped, or the stream buffers are cleared when the flow resumes. Seeking back to the
+committed offsets does not undo it on a partition never committed on (aiokafka's
+``seek_to_committed`` skips it), so those recordings were skipped until the next rebalance, or
+for good once a later record of the partition was committed (faust-streaming 0.15.3, aiokafka
+0.14). Without the fix, about half the rounds skip some.
 """
 
 from __future__ import annotations
