@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import faust
 import pytest
 from aiokafka import TopicPartition
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.offsets import HandOver, RewindingTransport, rewind, rewind_uncommitted
 
@@ -102,3 +104,12 @@ def test_stream_records_are_held_back_while_the_app_rebalances() -> None:
     assert _tp(LOG, 4) not in hand_over
     app.rebalancing = False
     assert _tp(REC, 4) in hand_over
+
+
+def test_the_overridden_faust_methods_still_exist() -> None:
+    """A faust upgrade that renames them would silently drop the corrections."""
+    base = faust_aiokafka.AIOKafkaConsumerThread
+    params = list(inspect.signature(base._fetch_records).parameters)
+    assert params == ["self", "consumer", "active_partitions", "timeout", "max_records"]
+    assert "seek_to_committed" in vars(base)
+    assert "_new_consumer_thread" in vars(faust_aiokafka.Consumer)
