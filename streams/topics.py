@@ -20,7 +20,7 @@ from streams.config import Settings
 from streams.idempotency import changelog_configs, changelog_topic
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
-__all__ = ["TopicSpec", "TopicStatus", "ensure_topics", "topic_specs"]
+__all__ = ["TopicSpec", "TopicStatus", "ensure_service_topics", "ensure_topics", "topic_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,16 @@ async def ensure_topics(
         )
     finally:
         await admin.close()
+
+
+async def ensure_service_topics(settings: Settings, *, create: bool = True) -> list[TopicStatus]:
+    """:func:`ensure_topics` for the service's own topics (:func:`topic_specs`) on its Kafka."""
+    return await ensure_topics(
+        settings.kafka_bootstrap_servers,
+        topic_specs(settings),
+        create=create,
+        security=settings.kafka_security,
+    )
 
 
 async def _describe(
