@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import re
-import signal
 import sys
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable
 from typing import Any
 
 import click
@@ -22,20 +17,24 @@ from streams.logging_setup import LOG_FORMATS, configure, dict_config
 
 __all__ = ["main"]
 
-# What `publish DIR` picks up: the containers and codecs the decode stage reads.
-MEDIA_SUFFIXES = frozenset(
-    (
-        *(".3gp", ".aac", ".aif", ".aiff", ".amr", ".au", ".avi", ".caf", ".flac", ".flv"),
-        *(".gsm", ".m4a", ".mka", ".mkv", ".mov", ".mp2", ".mp3", ".mp4", ".mpeg", ".mpg"),
-        *(".oga", ".ogg", ".opus", ".wav", ".webm", ".wma", ".wmv"),
-    )
-)
 
+class _Commands(click.Group):
+    """In the order a person meets them; the dev wing's commands load only when named."""
 
-class _Ordered(click.Group):
+    _ORDER = ("worker", "asr-server", "dev", "kafka", "topics", "publish", "tail", "demo")
+    _DEV = frozenset(("dev", "kafka", "demo"))
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        # In the order a person meets them, not alphabetical.
-        return list(self.commands)
+        rest = [name for name in self.commands if name not in self._ORDER]
+        return [*self._ORDER, *rest]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._DEV:
+            # Development tooling: `streams worker` must never import streams.dev.
+            from streams.dev.commands import COMMANDS
+
+            return COMMANDS[cmd_name]
+        return super().get_command(ctx, cmd_name)
 
 
 def _settings() -> Settings:
@@ -74,18 +73,8 @@ def _reach_kafka(settings: Settings) -> None:
         raise click.ClickException(str(exc)) from None
 
 
-# The local ASR engine of the stacks `dev` and `demo` start (resolved by _engine()).
-_engine_option = click.option(
-    "--engine",
-    type=click.Choice(["auto", "whisper", "scripted"]),
-    default="auto",
-    show_default=True,
-    help="Local ASR engine (auto: whisper if installed).",
-)
-
-
 @click.group(
-    cls=_Ordered,
+    cls=_Commands,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level (--log-level DEBUG).")
@@ -145,17 +134,10 @@ def worker(ctx: click.Context) -> None:
     from aiokafka.errors import KafkaError
 
     from streams.app import create_app
-    from streams.topics import ensure_topics, topic_specs
+    from streams.topics import ensure_service_topics
 
     try:
-        statuses = asyncio.run(
-            ensure_topics(
-                settings.kafka_bootstrap_servers,
-                topic_specs(settings),
-                create=settings.create_topics,
-                security=settings.kafka_security,
-            )
-        )
+        statuses = asyncio.run(ensure_service_topics(settings, create=settings.create_topics))
     except KafkaError as exc:
         raise click.ClickException(f"Kafka topics: {exc}") from None
     missing = [s.spec.name for s in statuses if not s.partitions]
@@ -188,133 +170,27 @@ def asr_server(ctx: click.Context) -> None:
 
 
 @main.command()
-@_engine_option
-@click.option("--workers", default=1, show_default=True, help="Worker processes.")
-@click.option("--kafka-port", default=9092, show_default=True, help="Broker port (0: any).")
-@click.option("--asr-port", default=8765, show_default=True, help="ASR server port (0: any).")
-@click.option(
-    "--file-root",
-    "file_roots",
-    multiple=True,
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    help="Directory file:// recordings may come from "
-    "(repeatable; default: the current directory and the samples).",
-)
-@click.option("--logs/--no-logs", default=True, help="Show the workers' log lines.")
-def dev(
-    engine: str,
-    workers: int,
-    kafka_port: int,
-    asr_port: int,
-    file_roots: tuple[Path, ...],
-    logs: bool,
-) -> None:
-    """Run Kafka, the ASR server and a worker here; Ctrl-C stops all.
-
-    The stack runs in the foreground and shows the workers' log lines; Ctrl-C stops the
-    workers first (they commit), then the ASR server, then Kafka.
-
-    With the default ports, `streams publish` and `streams tail` in another terminal find the
-    stack without any settings.
-    """
-    from streams.devstack import SAMPLES_DIR, DevStack
-
-    engine = _engine(engine)
-    roots = tuple(p.resolve() for p in file_roots) or (Path.cwd(), SAMPLES_DIR)
-    stack = DevStack(
-        engine=engine,
-        file_roots=roots,
-        log=lambda line: click.secho(line, fg="cyan", err=True),
-        kafka_port=kafka_port,
-        asr_port=asr_port,
-    )
-    with _sigterm_as_interrupt():
-        try:
-            stack.start(workers)
-            env = ""
-            if kafka_port != 9092:
-                env = f"KAFKA_BOOTSTRAP_SERVERS={stack.bootstrap} "
-            click.secho(
-                "\nReady. In another terminal:\n"
-                f"  {env}streams publish --samples      (or FILE, DIR, URL …)\n"
-                f"  {env}streams tail\n"
-                f"Metrics: {', '.join(stack.metrics_urls)}\n"
-                f"Files under {', '.join(map(str, roots))} can be published. Ctrl-C to stop.\n",
-                fg="green",
-                err=True,
-            )
-            while True:
-                stack.check_children()
-                if logs:
-                    for child in stack.children:
-                        if child.name.startswith("worker"):
-                            for line in child.new_lines():
-                                click.echo(f"{child.name} | {line}")
-                time.sleep(0.3)
-        except KeyboardInterrupt:
-            click.secho("\nStopping workers, ASR server and Kafka …", fg="cyan", err=True)
-        except RuntimeError as exc:
-            raise click.ClickException(str(exc)) from None
-        finally:
-            stack.stop()
-    click.secho("Stopped.", fg="cyan", err=True)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    # SIGTERM (docker stop, kill) must end in the same orderly shutdown as Ctrl-C.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@main.command(
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-    add_help_option=False,
-)
-@click.pass_context
-def kafka(ctx: click.Context) -> None:
-    """Run a single-node Apache Kafka for development.
-
-    Apache Kafka from Maven Central jars, KRaft mode; --help lists its own flags.
-    """
-    from streams.localkafka import main as kafka_main
-
-    sys.exit(kafka_main(ctx.args))
-
-
-@main.command()
 @click.option(
     "--check", is_flag=True, help="Only report; create nothing, exit 1 if one is missing."
 )
 def topics(check: bool) -> None:
     """Create or check the recordings and transcript topics."""
     from aiokafka.errors import KafkaError
+    from rich.console import Console
 
-    from streams.topics import ensure_topics, topic_specs
+    from streams.console import topics_table
+    from streams.topics import ensure_service_topics
 
     settings = _settings()
     _reach_kafka(settings)
+    label = f"{'Checking' if check else 'Creating'} topics on {settings.kafka_bootstrap_servers}"
     try:
-        statuses = _run(
-            ensure_topics(
-                settings.kafka_bootstrap_servers,
-                topic_specs(settings),
-                create=not check,
-                security=settings.kafka_security,
-            ),
-            f"{'Checking' if check else 'Creating'} topics on {settings.kafka_bootstrap_servers}",
-        )
+        # A spinner on stderr when that is a terminal.
+        with Console(stderr=True).status(label):
+            statuses = asyncio.run(ensure_service_topics(settings, create=not check))
     except KafkaError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"{'topic':<28} {'partitions':>10}  state")
-    for status in statuses:
-        state = "created" if status.created else ("ok" if status.ok else "MISSING")
-        if status.partitions and not status.ok:
-            state = f"too few (want {status.spec.partitions})"
-        click.echo(f"{status.spec.name:<28} {status.partitions:>10}  {state}")
+    click.echo(topics_table(statuses))
     if not all(s.ok for s in statuses):
         sys.exit(1)
 
@@ -369,85 +245,47 @@ def publish(
       streams publish ./recordings/ --context "Acme broadband" --call queue=billing
       streams publish https://bucket.example/rec-42.wav?X-Amz-Signature=…
     """
-    import schemas
-    from streams.devstack import sample_events
+    from streams import client
 
     if not sources and not samples:
         raise click.UsageError("give files, directories or URLs to publish, or --samples")
-    call = dict(_key_value(field) for field in call_fields)
-    events: list[dict[str, Any]] = []
-    for source in sources:
-        for url in _expand(source, recursive):
-            event: dict[str, Any] = {
-                "schema_version": 1,
-                "recording_id": f"{id_prefix}{_stem(url)}-{uuid.uuid4().hex[:8]}",
-                "audio_url": url,
-            }
-            channels = {"layout": layout, "roles": _csv(roles)}
-            recognition = {
-                "language": language,
-                "context": context_text,
-                "hotwords": list(hotwords) or None,
-                "enable_itn": itn,
-            }
-            for name, value in (("channels", channels), ("recognition", recognition)):
-                if fields := {k: v for k, v in value.items() if v is not None}:
-                    event[name] = fields
-            if call:
-                event["call"] = call
-            events.append(event)
-    if samples:
-        events += sample_events(suffix=f"-{uuid.uuid4().hex[:6]}")
-    check = schemas.validator("recording")
-    for event in events:
-        if errors := [e.message for e in check.iter_errors(event)]:
-            raise click.BadParameter(f"{event['audio_url']}: {'; '.join(errors)}")
+    try:
+        events = client.recording_events(
+            sources,
+            recursive=recursive,
+            id_prefix=id_prefix,
+            layout=layout,  # type: ignore[arg-type]  # click.Choice checked the value
+            roles=_csv(roles),
+            language=language,
+            context=context_text,
+            hotwords=list(hotwords),
+            enable_itn=itn,
+            call=dict(_key_value(field) for field in call_fields),
+        )
+        if samples:
+            from streams.dev.samples import sample_events
+
+            events += sample_events(suffix=f"-{uuid.uuid4().hex[:6]}")
+        client.validate(events)
+    except client.SourceError as exc:
+        raise click.BadParameter(str(exc)) from None
     if dry_run:
         for event in events:
             click.echo(orjson.dumps(event))
         return
     settings = _settings()
     _reach_kafka(settings)
-    asyncio.run(_send(settings, events))
+    _send(settings, events)
 
 
-async def _send(settings: Settings, events: list[dict[str, Any]]) -> None:
-    from aiokafka import AIOKafkaProducer
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+def _send(settings: Settings, events: list[dict[str, Any]]) -> None:
+    from streams.client import Connection, send
+    from streams.console import publish_progress
 
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        **settings.kafka_security.client_kwargs(),
-    )
-    await producer.start()
-    progress = Progress(
-        TextColumn(f"publishing to {settings.topic_recordings}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=len(events) < 2,
-        redirect_stdout=False,
-    )
-    # Ids go to stdout for scripts; on a terminal through the bar's console, so it stays intact.
-    echo: Callable[[str], object] = click.echo
-    if sys.stdout.isatty():
-        echo = functools.partial(progress.console.print, markup=False, highlight=False)
-    try:
-        with progress:
-            task = progress.add_task("publish", total=len(events))
-            for event in events:
-                await producer.send_and_wait(
-                    settings.topic_recordings,
-                    orjson.dumps(event),
-                    key=event["recording_id"].encode(),
-                )
-                echo(f"{event['recording_id']}  {event['audio_url']}")
-                progress.advance(task)
-    finally:
-        await producer.stop()
-    click.secho(f"Published {len(events)} recording(s) to {settings.topic_recordings}.", err=True)
+    topic = settings.topic_recordings
+    with publish_progress(topic, len(events)) as sent:
+        asyncio.run(send(Connection.from_settings(settings), topic, events, sent))
+    click.secho(f"Published {len(events)} recording(s) to {topic}.", err=True)
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -459,26 +297,6 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--call")
     return key, value
-
-
-def _stem(url: str) -> str:
-    name = url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")[:60] or "recording"
-
-
-def _expand(source: str, recursive: bool) -> list[str]:
-    if re.match(r"^[a-z][a-z0-9+.-]*://", source, re.IGNORECASE):
-        return [source]
-    path = Path(source).resolve()
-    if path.is_dir():
-        found = path.rglob("*") if recursive else path.iterdir()
-        files = sorted(p for p in found if p.is_file() and p.suffix.lower() in MEDIA_SUFFIXES)
-        if not files:
-            raise click.BadParameter(f"no audio or video files in {source!r}")
-        return [p.as_uri() for p in files]
-    if not path.exists():
-        raise click.BadParameter(f"no such file or directory: {source!r}")
-    return [path.as_uri()]
 
 
 @main.command()
@@ -503,6 +321,7 @@ def tail(
     """
     from rich.console import Console
 
+    from streams.client import Connection, follow
     from streams.console import TailView, render_partial
 
     settings = _settings()
@@ -514,6 +333,10 @@ def tail(
     live_view = console.is_terminal and not as_json
     view = TailView(source=f"{settings.kafka_bootstrap_servers} · Ctrl-C to stop")
     ready = f"Following {', '.join(names)} at {settings.kafka_bootstrap_servers}."
+    connection = Connection.from_settings(settings)
+    run = functools.partial(
+        follow, connection, names, from_beginning=from_beginning, count=count, timeout_s=timeout_s
+    )
 
     def plain(event: dict[str, Any], raw: bytes) -> None:
         if as_json:
@@ -525,9 +348,7 @@ def tail(
 
     if not live_view:
         ready_plain = functools.partial(click.secho, ready, err=True, dim=True)
-        reached = _run_until_interrupted(
-            _follow(settings, names, from_beginning, count, timeout_s, plain, ready_plain)
-        )
+        reached = _run_until_interrupted(run(on_event=plain, on_ready=ready_plain))
     else:
         from rich.live import Live
 
@@ -538,15 +359,15 @@ def tail(
                     live.console.print(block)
 
             ready_live = functools.partial(live.console.print, ready, style="dim")
-            reached = _run_until_interrupted(
-                _follow(settings, names, from_beginning, count, timeout_s, show, ready_live)
-            )
+            reached = _run_until_interrupted(run(on_event=show, on_ready=ready_live))
         console.print(view.summary())
     if count is not None and not reached:
         sys.exit(1)
 
 
 def _run_until_interrupted(work: Awaitable[bool]) -> bool:
+    from streams.client import ClientError
+
     async def run() -> bool:
         return await work
 
@@ -554,140 +375,8 @@ def _run_until_interrupted(work: Awaitable[bool]) -> bool:
         return asyncio.run(run())
     except KeyboardInterrupt:
         return False
-
-
-async def _follow(
-    settings: Settings,
-    names: list[str],
-    from_beginning: bool,
-    count: int | None,
-    timeout_s: float | None,
-    on_event: Callable[[dict[str, Any], bytes], None],
-    on_ready: Callable[[], object],
-) -> bool:
-    """Pass every event of ``names`` to ``on_event``; True once ``count`` outcomes were seen."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-    from aiokafka.errors import TopicAuthorizationFailedError
-
-    from streams.topics import TopicSpec, ensure_topics
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        **settings.kafka_security.client_kwargs(),
-    )
-    await consumer.start()
-    seen = 0
-    try:
-        # Assign and position explicitly, so "Following …" is true when it is printed.
-        try:
-            found = await ensure_topics(
-                settings.kafka_bootstrap_servers,
-                [TopicSpec(n, 1, 1) for n in names],
-                create=False,
-                security=settings.kafka_security,
-            )
-        except TopicAuthorizationFailedError as exc:
-            raise click.ClickException(str(exc)) from None
-        if missing := [s.spec.name for s in found if not s.partitions]:
-            raise click.ClickException(f"no such topics: {missing} (see `streams topics`)")
-        partitions = [TopicPartition(s.spec.name, p) for s in found for p in range(s.partitions)]
-        consumer.assign(partitions)
-        if from_beginning:
-            await consumer.seek_to_beginning(*partitions)
-        else:
-            await consumer.seek_to_end(*partitions)
-        for tp in partitions:
-            await consumer.position(tp)
-        on_ready()
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while count is None or seen < count:
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            try:
-                batch = await consumer.getmany(timeout_ms=250)
-            except TopicAuthorizationFailedError as exc:
-                # Seeing a topic (DESCRIBE) is not reading it (READ): an ACL may allow one only.
-                topics = ", ".join(map(str, exc.args)) or "the transcript topics"
-                raise click.ClickException(
-                    f"not authorized to read {topics} as {settings.kafka_security.describe()}"
-                    " (no READ ACL)"
-                ) from None
-            for records in batch.values():
-                for record in records:
-                    event = orjson.loads(record.value)
-                    on_event(event, record.value)
-                    if event.get("type") in ("final", "failed"):
-                        seen += 1
-    finally:
-        await consumer.stop()
-    return count is not None and seen >= count
-
-
-@main.command()
-@_engine_option
-@click.option("--workers", default=1, show_default=True, help="Worker processes to start.")
-@click.option("--partial/--no-partial", default=True, help="Show partial text as it arrives.")
-def demo(engine: str, workers: int, partial: bool) -> None:
-    """Transcribe the bundled sample calls on a throwaway stack."""
-    from rich.console import Console
-
-    from streams.console import render_failed, render_final, render_partial
-    from streams.devstack import SAMPLES_DIR, DevStack, running, sample_events, transcribe_samples
-
-    engine = _engine(engine)
-    events = sample_events()
-    stack = DevStack(
-        engine=engine,
-        file_roots=(SAMPLES_DIR,),
-        log=lambda line: click.echo(line),
-        metrics=False,
-    )
-    console = Console(highlight=False)
-
-    def show(event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "partial" and partial:
-            console.print(render_partial(event))
-        elif kind == "final":
-            console.print(render_final(event))
-        elif kind == "failed":
-            console.print(render_failed(event))
-
-    with _sigterm_as_interrupt(), running(stack, workers):
-        click.echo(f"Publishing {len(events)} sample calls from {SAMPLES_DIR}")
-        terminal = asyncio.run(transcribe_samples(stack, events, show))
-    failed = [e for e in terminal if e.get("type") == "failed"]
-    click.echo(f"{len(terminal) - len(failed)} transcribed, {len(failed)} failed.")
-    if failed:
-        sys.exit(1)
-
-
-def _engine(engine: str) -> str:
-    import importlib.util
-
-    if engine == "auto":
-        engine = "whisper" if importlib.util.find_spec("faster_whisper") else "scripted"
-    if engine == "scripted":
-        click.secho(
-            "NOTE: the scripted engine answers made-up text in the DashScope protocol; "
-            "it recognises nothing. Install the local-asr extra for real transcripts.",
-            fg="yellow",
-            err=True,
-        )
-    return engine
-
-
-def _run(work: Awaitable[Any], label: str) -> Any:
-    """Run ``work`` with a spinner on stderr when that is a terminal."""
-    from rich.console import Console
-
-    async def run() -> Any:
-        return await work
-
-    with Console(stderr=True).status(label):
-        return asyncio.run(run())
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

@@ -1,26 +1,43 @@
-"""What ``streams tail`` shows in a terminal: text growing per recording, then its outcome.
+"""What the commands show in a terminal, above all ``streams tail``: text growing, then outcomes.
 
 :class:`TailView` holds the recordings in progress and turns events into renderables; it
 knows nothing about Kafka. Recordings in progress make up the live area at the bottom of the
 screen, one line per channel with the newest words; a finished recording leaves the live area
 and is printed above it once, as a block: the outcome line (language, audio, cost, time) and
-the transcript, as agent/customer turns for a split call.
+the transcript, as agent/customer turns for a split call. ``publish`` gets a progress bar and
+``topics`` a table.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
+import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import click
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.padding import Padding
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["TailView", "render_failed", "render_final", "render_partial"]
+if TYPE_CHECKING:
+    from streams.topics import TopicStatus
+
+__all__ = [
+    "TailView",
+    "publish_progress",
+    "render_failed",
+    "render_final",
+    "render_partial",
+    "topics_table",
+]
 
 _ROLE_STYLES = {"agent": "cyan", "customer": "magenta"}
 # Recently finished ids: a partial fetched after its final (they travel on different topics)
@@ -205,3 +222,43 @@ class TailView:
                 line.no_wrap = True
                 yield line
         yield self.summary()
+
+
+@contextlib.contextmanager
+def publish_progress(topic: str, total: int) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A progress bar on stderr; yields the function to call with each event sent.
+
+    Each sent event's id and URL go to stdout, for scripts; on a terminal they go through the
+    bar's console, so the bar stays intact.
+    """
+    progress = Progress(
+        TextColumn(f"publishing to {topic}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=total < 2,
+        redirect_stdout=False,
+    )
+    echo: Callable[[str], object] = click.echo
+    if sys.stdout.isatty():
+        echo = functools.partial(progress.console.print, markup=False, highlight=False)
+    with progress:
+        task = progress.add_task("publish", total=total)
+
+        def sent(event: dict[str, Any]) -> None:
+            echo(f"{event['recording_id']}  {event['audio_url']}")
+            progress.advance(task)
+
+        yield sent
+
+
+def topics_table(statuses: Iterable[TopicStatus]) -> str:
+    """One line per topic: name, partitions, and created, ok, MISSING or too few."""
+    lines = [f"{'topic':<28} {'partitions':>10}  state"]
+    for status in statuses:
+        state = "created" if status.created else ("ok" if status.ok else "MISSING")
+        if status.partitions and not status.ok:
+            state = f"too few (want {status.spec.partitions})"
+        lines.append(f"{status.spec.name:<28} {status.partitions:>10}  {state}")
+    return "\n".join(lines)

@@ -194,3 +194,48 @@ def failed_event(
         ),
         "failed_at": now_iso(),
     }
+
+
+# Recording events as publishers build them (streams/client.py and the dev stack).
+def recording_event(
+    recording_id: str,
+    audio_url: str,
+    *,
+    layout: Layout | None = None,
+    roles: list[str] | None = None,
+    plan: Literal["turns", "packed"] | None = None,
+    language: str | None = None,
+    context: str | None = None,
+    hotwords: list[str] | None = None,
+    enable_itn: bool | None = None,
+    mixed_languages: bool | None = None,
+    model: str | None = None,
+    call: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A recording event in the shape ``schemas/recording.schema.json`` describes.
+
+    Arguments left at None (or empty) are left out, so the worker's defaults apply to them.
+    The event carries the lowest ``schema_version`` that has every field given: version 1
+    unless ``plan`` or ``mixed_languages`` (added in version 2) is set, so workers that
+    predate version 2 still read what they can.
+    """
+    channels = {"layout": layout, "roles": list(roles) if roles else None, "plan": plan}
+    recognition = {
+        "language": language,
+        "context": context,
+        "hotwords": list(hotwords) if hotwords else None,
+        "enable_itn": enable_itn,
+        "mixed_languages": mixed_languages,
+        "model": model,
+    }
+    event: dict[str, Any] = {
+        "schema_version": 1 if plan is None and mixed_languages is None else 2,
+        "recording_id": recording_id,
+        "audio_url": audio_url,
+    }
+    for name, fields in (("channels", channels), ("recognition", recognition)):
+        if given := {key: value for key, value in fields.items() if value is not None}:
+            event[name] = given
+    if call:
+        event["call"] = dict(call)
+    return event

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
@@ -13,12 +14,13 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     for_code,
 )
+from aiokafka.protocol.offset import OffsetRequest
 
 from streams.config import Settings
 from streams.idempotency import changelog_configs, changelog_topic
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
-__all__ = ["TopicSpec", "TopicStatus", "ensure_topics", "topic_specs"]
+__all__ = ["TopicSpec", "TopicStatus", "ensure_service_topics", "ensure_topics", "topic_specs"]
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +121,24 @@ async def ensure_topics(
         await admin.close()
 
 
+async def ensure_service_topics(settings: Settings, *, create: bool = True) -> list[TopicStatus]:
+    """:func:`ensure_topics` for the service's own topics (:func:`topic_specs`) on its Kafka."""
+    return await ensure_topics(
+        settings.kafka_bootstrap_servers,
+        topic_specs(settings),
+        create=create,
+        security=settings.kafka_security,
+    )
+
+
 async def _describe(
     admin: AIOKafkaAdminClient, specs: list[TopicSpec], created: set[str], timeout_s: float
 ) -> list[TopicStatus]:
     # CreateTopics returns once the controller committed the topics; brokers' metadata
     # caches catch up a moment later, and until every partition has a leader clients see
-    # NotLeaderForPartition or UnknownTopicOrPartition.
+    # NotLeaderForPartition or UnknownTopicOrPartition. Even then a leader named in the
+    # metadata may not have opened its log yet (_serving), and clients log an ERROR or a
+    # WARNING per retry: on a new topic every client would start with a screen of them.
     counts: dict[str, int] = {}
     async with asyncio.timeout(timeout_s):
         while True:
@@ -151,7 +165,11 @@ async def _describe(
                 led = led and all(
                     p.get("error_code", 0) == 0 and p.get("leader", -1) >= 0 for p in partitions
                 )
-            if not created or (led and all(s.name in counts for s in specs)):
+            if not created or (
+                led
+                and all(s.name in counts for s in specs)
+                and await _serving(admin, [t for t in described if t["topic"] in created])
+            ):
                 break
             await asyncio.sleep(0.05)
     statuses = [TopicStatus(s, counts.get(s.name, 0), s.name in created) for s in specs]
@@ -164,3 +182,29 @@ async def _describe(
                 status.spec.partitions,
             )
     return statuses
+
+
+async def _serving(admin: AIOKafkaAdminClient, described: list[dict[str, Any]]) -> bool:
+    """Whether each partition's leader answers a ListOffsets request for it as leader.
+
+    A broker publishes new metadata before its replica manager has made the partitions
+    (KRaft's BrokerMetadataPublisher), so a leader in the metadata can still answer
+    NOT_LEADER_OR_FOLLOWER; ListOffsets is the cheapest request that asks the replica itself.
+    """
+    by_leader: dict[int, dict[str, list[tuple[int, int]]]] = {}
+    for topic in described:
+        for partition in topic["partitions"]:
+            # -1: the latest offset; any answer without an error will do.
+            wanted = by_leader.setdefault(partition["leader"], {})
+            wanted.setdefault(topic["topic"], []).append((partition["partition"], -1))
+    for leader, topics in by_leader.items():
+        # The admin client has no ListOffsets call; its own connection sends the request.
+        request = OffsetRequest(-1, 0, list(topics.items()))
+        try:
+            response = await admin._client.send(leader, request)
+        except KafkaError:
+            return False
+        for _topic, partitions in response.topics:
+            if any(error_code != 0 for _partition, error_code, *_ in partitions):
+                return False
+    return True

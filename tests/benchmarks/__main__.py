@@ -33,7 +33,8 @@ from typing import Any
 
 import orjson
 
-from streams.localkafka import LocalKafka, default_cache_dir, ensure_jars
+from streams.dev.kafka_download import default_cache_dir, ensure_jars
+from streams.dev.localkafka import LocalKafka
 from tests.benchmarks import (
     bench_baseline,
     bench_client,

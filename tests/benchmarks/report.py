@@ -13,7 +13,7 @@ import subprocess
 import time
 from typing import Any
 
-from streams.localkafka import KAFKA_VERSION
+from streams.dev.kafka_download import KAFKA_VERSION
 from tests.benchmarks.measure import CORES
 
 __all__ = ["machine", "machine_line", "markdown", "table", "targets", "targets_table"]

@@ -29,7 +29,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streams.api_limits import per_second_limit
-from streams.localkafka import LocalKafka
+from streams.dev.localkafka import LocalKafka
 from streams.ratelimit import SlotPlan
 from tests.audio import asset
 from tests.fixtures.asr_server import ScriptedServer

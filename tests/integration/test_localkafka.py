@@ -11,7 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import UnknownTopicOrPartitionError
 from aiokafka.structs import OffsetAndMetadata
 
-from streams.localkafka import LocalKafka
+from streams.dev.localkafka import LocalKafka
 from tests.fixtures.kafka import make_topics
 
 pytestmark = pytest.mark.integration

@@ -23,9 +23,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import TopicAuthorizationFailedError
 
 from streams.config import Settings
+from streams.dev.localkafka import LocalKafka
 from streams.kafka_acls import worker_acls
 from streams.kafka_security import KafkaSecurity
-from streams.localkafka import LocalKafka
 from tests.audio import asset
 from tests.fixtures.kafka import make_topics
 from tests.fixtures.worker import Message, Stack, new_stack, validate

@@ -7,7 +7,8 @@ from typing import Any
 
 from rich.console import Console, RenderableType
 
-from streams.console import TailView, render_failed, render_final
+from streams.console import TailView, render_failed, render_final, topics_table
+from streams.topics import TopicSpec, TopicStatus
 
 
 def _text(renderable: RenderableType, width: int = 100) -> str:
@@ -152,3 +153,20 @@ class TestTailView:
         view.add(_partial("r-1", 0, "redone", run=2))
         view.add(_partial("r-1", 8, "late from the dead run"))
         assert _text(view).splitlines()[0].endswith("redone")
+
+
+def test_the_topics_table_names_each_state() -> None:
+    """`streams topics` shows created, ok, MISSING and too few, with the partitions found."""
+    statuses = [
+        TopicStatus(TopicSpec("new", 3, 1), 3, created=True),
+        TopicStatus(TopicSpec("there", 3, 1), 4, created=False),
+        TopicStatus(TopicSpec("gone", 3, 1), 0, created=False),
+        TopicStatus(TopicSpec("t", 3, 1), 1, created=False),
+    ]
+    rows = [line.split(None, 2) for line in topics_table(statuses).splitlines()[1:]]
+    assert rows == [
+        ["new", "3", "created"],
+        ["there", "4", "ok"],
+        ["gone", "0", "MISSING"],
+        ["t", "1", "too few (want 3)"],
+    ]

@@ -13,9 +13,9 @@ from pydantic import SecretStr
 
 from streams.cli import main
 from streams.config import Settings
+from streams.dev.localca import LocalCA
 from streams.kafka_acls import Operation, PatternType, ResourceType, worker_acls
 from streams.kafka_security import KafkaSecurity
-from streams.localca import LocalCA
 
 SECRET = "s3cret-Pa55word-never-shown"  # noqa: S105  (a test value to look for)
 _ENV_NAMES = (

@@ -24,16 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams.client import Connection, Follower, send
 from streams.config import Settings
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.topics import ensure_topics, topic_specs
 
-__all__ = ["SAMPLES_DIR", "DevStack", "running", "sample_events", "transcribe_samples"]
+__all__ = ["DevStack", "running", "sigterm_as_interrupt", "transcribe_samples"]
 
-SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 _KAFKA_READY = re.compile(rb"ready at (\S+:\d+)")
 _ASR_READY = re.compile(rb"listening on (http://\S+)")
 
@@ -198,19 +196,6 @@ class DevStack:
             child.stop()
 
 
-def sample_events(samples_dir: Path = SAMPLES_DIR, *, suffix: str = "") -> list[dict[str, Any]]:
-    """The recording events of the bundled sample calls (ids end in ``suffix``)."""
-    events = []
-    for line in (samples_dir / "calls.jsonl").read_text().splitlines():
-        if not line.strip():
-            continue
-        spec = orjson.loads(line)
-        path = samples_dir / spec.pop("file")
-        spec["recording_id"] += suffix
-        events.append({"schema_version": 1, "audio_url": path.as_uri(), **spec})
-    return events
-
-
 async def transcribe_samples(
     stack: DevStack,
     events: list[dict[str, Any]],
@@ -220,39 +205,20 @@ async def transcribe_samples(
 ) -> list[dict[str, Any]]:
     """Publish ``events`` and pass every output event to ``on_event`` until all are terminal."""
     settings = Settings(kafka_bootstrap_servers=stack.bootstrap)
-    consumer = AIOKafkaConsumer(
-        settings.topic_partial,
-        settings.topic_final,
-        settings.topic_failed,
-        bootstrap_servers=stack.bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        **stack.security.client_kwargs(),
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, **stack.security.client_kwargs())
-    await consumer.start()
-    await producer.start()
+    connection = Connection(stack.bootstrap, stack.security)
+    outputs = [settings.topic_partial, settings.topic_final, settings.topic_failed]
     pending = {event["recording_id"] for event in events}
     terminal: list[dict[str, Any]] = []
-    try:
-        for event in events:
-            await producer.send_and_wait(
-                settings.topic_recordings, orjson.dumps(event), key=event["recording_id"].encode()
-            )
+    async with Follower(connection, outputs, from_beginning=True) as follower:
+        await send(connection, settings.topic_recordings, events)
         async with asyncio.timeout(timeout_s):
             while pending:
                 stack.check_children()
-                batch = await consumer.getmany(timeout_ms=500)
-                for records in batch.values():
-                    for record in records:
-                        value = orjson.loads(record.value)
-                        on_event(value)
-                        if value.get("type") in ("final", "failed"):
-                            pending.discard(value["recording_id"])
-                            terminal.append(value)
-    finally:
-        await producer.stop()
-        await consumer.stop()
+                for event, _raw in await follower.poll(timeout_s=0.5):
+                    on_event(event)
+                    if event.get("type") in ("final", "failed"):
+                        pending.discard(event["recording_id"])
+                        terminal.append(event)
     return terminal
 
 
@@ -264,3 +230,16 @@ def running(stack: DevStack, workers: int = 1) -> Iterator[DevStack]:
         yield stack
     finally:
         stack.stop()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while the block runs.
+
+    SIGTERM (docker stop, kill) must end in the same orderly shutdown as Ctrl-C.
+    """
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,7 +1,7 @@
 """Rebuild the bundled sample calls from the recordings in tests/data/speech (run from the repo).
 
 The samples are committed; this script documents exactly how they were made:
-``python -m streams.samples.build tests/data/speech``.
+``python -m streams.dev.samples.build tests/data/speech``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def _write(
     layout = "mono" if len(channels) == 1 else "stereo"
     with av.open(str(path), "w", format=container) as out:
         stream = out.add_stream(codec, rate=rate, layout=layout)
+        assert isinstance(stream, av.audio.stream.AudioStream)  # an audio codec was named
         formats = [f.name for f in stream.codec_context.codec.audio_formats or ()]
         stream.format = "s16" if "s16" in formats else formats[0]
         planar = np.stack(channels).astype(np.int16)

@@ -1,32 +1,22 @@
-"""A real single-node Apache Kafka (KRaft) assembled from Maven Central, for tests and local dev.
+"""A real single-node Apache Kafka (KRaft) on loopback, run from the jars kafka_download.py fetched.
 
-There is no Debian broker package and no PyPI wheel with the Kafka jars, so the broker's runtime
-classpath is copied from Maven Central with ``mvn dependency:copy-dependencies`` into a
-self-contained cache, then ``kafka.Kafka`` runs straight from it (kafka-faust.md §2).
-
-Run it in the foreground with ``python -m streams.localkafka --port 9092``.
-
-``secure=True`` (``--secure``) runs it like a managed Kafka: SASL_SSL (PLAIN and SCRAM) and
-mTLS listeners only, SCRAM users made at format time, a fresh CA and broker certificate at each
-start (streams/localca.py) and StandardAuthorizer ACLs (kafka_resources/server-secure.properties).
+``secure=True`` (``streams kafka --secure``) runs it like a managed Kafka: SASL_SSL (PLAIN and
+SCRAM) and mTLS listeners only, SCRAM users made at format time, a fresh CA and broker
+certificate at each start (localca.py) and StandardAuthorizer ACLs
+(kafka_resources/server-secure.properties).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import atexit
 import base64
-import fcntl
-import json
 import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -39,110 +29,27 @@ from typing import TYPE_CHECKING
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from streams.dev.kafka_download import (
+    JVM_OPTS,
+    KAFKA_VERSION,
+    RESOURCES,
+    BrokerStartError,
+    default_cache_dir,
+    ensure_jars,
+    java,
+)
 from streams.kafka_security import PLAINTEXT, KafkaSecurity, SaslMechanism
 
 if TYPE_CHECKING:
     from streams.kafka_acls import AclBinding
 
-__all__ = [
-    "DEFAULT_PORT",
-    "KAFKA_VERSION",
-    "LOG4J_VERSION",
-    "BrokerStartError",
-    "LocalKafka",
-    "default_cache_dir",
-    "ensure_jars",
-    "main",
-]
+__all__ = ["DEFAULT_PORT", "LocalKafka"]
 
-# The newest release on Maven Central (2026-11-23; 4.4.1 and 4.5.0 do not resolve). Faust's
-# maintainers ran their live suite on 4.0.0 with aiokafka 0.14, which still uses protocol versions
-# inside the 4.x baselines (KIP-896); the tests in tests/integration confirm it on this version.
-KAFKA_VERSION = "4.4.0"
-# kafka-server 4.4.0 brings log4j-api/log4j-core 2.25.5 (`mvn dependency:tree`) but no SLF4J
-# binding; log4j-slf4j-impl must match log4j-core exactly.
-LOG4J_VERSION = "2.25.5"
 DEFAULT_PORT = 9092
-
-_RESOURCES = Path(__file__).with_name("kafka_resources")
-_MARKER = ".complete"
-# The tarball's kafka-run-class.sh defaults minus its 1 GB fixed heap, which a test broker on a
-# 2-core CI machine does not need; ExitOnOutOfMemoryError turns a wedged JVM into a clear exit.
-_JVM_OPTS = ["-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"]
-_JVM_OPTS += ["-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent"]
-_JVM_OPTS += ["-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true"]
 
 log = logging.getLogger(__name__)
 # Brokers still running when the interpreter exits (a crashed test session) get stopped.
 _live: set[LocalKafka] = set()
-
-
-class BrokerStartError(RuntimeError):
-    """The broker's jars could not be fetched, or it failed to format, start or answer in time."""
-
-
-def default_cache_dir(base: Path | None = None) -> Path:
-    """Return ``$STREAMS_CACHE_DIR``, or ``.cache`` under ``base`` (the current directory)."""
-    return Path(base or ".", os.environ.get("STREAMS_CACHE_DIR") or ".cache").resolve()
-
-
-def ensure_jars(cache_dir: Path) -> Path:
-    """Return ``<cache_dir>/kafka-<version>/libs``, downloading the broker's jars once.
-
-    Raises:
-        BrokerStartError: ``mvn`` is missing or failed; its output is in the message.
-    """
-    cache_dir = cache_dir.resolve()
-    libs = cache_dir / f"kafka-{KAFKA_VERSION}" / "libs"
-    if _libs_complete(libs):
-        return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise BrokerStartError("`mvn` is not on PATH; it is needed once to fetch the Kafka jars")
-    libs.parent.mkdir(parents=True, exist_ok=True)
-    # Test sessions and the dev CLI may start at once; one downloads, the others wait and reuse.
-    with (libs.parent / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _libs_complete(libs):
-            return libs
-        shutil.rmtree(libs, ignore_errors=True)
-        started = time.monotonic()
-        # The local repo lives in the cache too, so nothing touches ~/.m2.
-        cmd = [mvn, "-q", "-B", "-f", str(_RESOURCES / "pom.xml"), "dependency:copy-dependencies"]
-        cmd += [f"-Dmaven.repo.local={cache_dir / 'm2'}", f"-DoutputDirectory={libs}"]
-        cmd += ["-DincludeScope=runtime", f"-Dkafka.version={KAFKA_VERSION}"]
-        cmd += [f"-Dlog4j.version={LOG4J_VERSION}"]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise BrokerStartError(f"mvn took over {exc.timeout:.0f} s: {cmd}") from exc
-        jars = {p.name: p.stat().st_size for p in libs.glob("*.jar")} if libs.is_dir() else {}
-        if done.returncode != 0 or f"kafka_2.13-{KAFKA_VERSION}.jar" not in jars:
-            output = "\n".join((done.stdout + done.stderr).splitlines()[-40:])
-            what = f"mvn could not fetch the Kafka {KAFKA_VERSION} jars (exit {done.returncode})"
-            raise BrokerStartError(f"{what}:\n{output}")
-        # Written last, so an interrupted download is redone instead of half-used; the sizes
-        # catch a jar truncated or replaced later.
-        marker = {"kafka": KAFKA_VERSION, "log4j": LOG4J_VERSION, "jars": jars}
-        (libs / _MARKER).write_text(json.dumps(marker, indent=1))
-        log.info("fetched %d jars into %s in %.1f s", len(jars), libs, time.monotonic() - started)
-    return libs
-
-
-def _libs_complete(libs: Path) -> bool:
-    try:
-        marker = json.loads((libs / _MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        marker.get("kafka") == KAFKA_VERSION
-        and marker.get("log4j") == LOG4J_VERSION
-        and isinstance(marker.get("jars"), dict)
-        and all(
-            (libs / jar).is_file() and (libs / jar).stat().st_size == size
-            for jar, size in marker["jars"].items()
-        )
-    )
 
 
 def _free_ports(count: int) -> list[int]:
@@ -155,14 +62,6 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
-
-
-def _java() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    java = str(Path(java_home, "bin", "java")) if java_home else shutil.which("java")
-    if not java or not Path(java).is_file():
-        raise BrokerStartError("no `java` on PATH or in $JAVA_HOME; Kafka 4.x needs Java 17+")
-    return java
 
 
 async def _cluster_id(bootstrap: str, security: KafkaSecurity) -> str | None:
@@ -178,7 +77,8 @@ async def _cluster_id(bootstrap: str, security: KafkaSecurity) -> str | None:
         cluster = await admin.describe_cluster()
     finally:
         await admin.close()
-    return cluster.get("cluster_id")
+    cluster_id: str | None = cluster.get("cluster_id")
+    return cluster_id
 
 
 def _probe(bootstrap: str, security: KafkaSecurity = PLAINTEXT) -> str | None:
@@ -337,7 +237,7 @@ class LocalKafka:
             if not self.is_running:
                 code = self._process.returncode if self._process else None
                 self.stop()
-                raise BrokerStartError(self._failure(f"the broker exited with code {code}"))
+                raise BrokerStartError(self.failure(f"the broker exited with code {code}"))
             try:
                 if _accepts(self.port):
                     cluster_id = _probe(self.bootstrap, self.security())
@@ -348,7 +248,7 @@ class LocalKafka:
                 last = repr(exc)
             if time.monotonic() > deadline:
                 self.stop()
-                raise BrokerStartError(self._failure(f"not ready after {timeout_s:g} s ({last})"))
+                raise BrokerStartError(self.failure(f"not ready after {timeout_s:g} s ({last})"))
             time.sleep(0.25)
 
     def stop(self, timeout_s: float = 20.0) -> None:
@@ -400,13 +300,13 @@ class LocalKafka:
         return f"LocalKafka({self.bootstrap!r}, {state}, run_dir={str(self.run_dir)!r})"
 
     def _write_properties(self) -> Path:
-        template = Template((_RESOURCES / "server.properties").read_text())
+        template = Template((RESOURCES / "server.properties").read_text())
         data_dir = self.run_dir / "data"
         text = template.substitute(
             port=self.port, controller_port=self.controller_port, data_dir=data_dir
         )
         if self.secure:
-            secure = Template((_RESOURCES / "server-secure.properties").read_text())
+            secure = Template((RESOURCES / "server-secure.properties").read_text())
             # PLAIN logins are checked against the JAAS entries; SCRAM ones against the
             # credentials StorageTool wrote into the metadata at format time.
             plain_users = "".join(f' user_{u}="{self.password(u)}"' for u in self.users)
@@ -443,7 +343,7 @@ class LocalKafka:
                 process.kill()
                 process.wait()
             if code != 0:
-                raise BrokerStartError(self._failure(f"StorageTool format failed (exit {code})"))
+                raise BrokerStartError(self.failure(f"StorageTool format failed (exit {code})"))
         # Read back, not remembered: a reused run dir keeps the id it was formatted with.
         for line in meta.read_text().splitlines():
             if line.startswith("cluster.id="):
@@ -451,7 +351,7 @@ class LocalKafka:
 
     def _make_credentials(self) -> None:
         try:
-            from streams.localca import LocalCA
+            from streams.dev.localca import LocalCA
         except ImportError as exc:  # a dev dependency: workers never need it
             raise BrokerStartError(
                 f"secure mode makes its certificates with the `cryptography` package ({exc}); "
@@ -479,14 +379,15 @@ class LocalKafka:
         assert self.libs_dir is not None
         # The java launcher expands the `libs/*` classpath itself; no shell is involved.
         classpath = ["-cp", str(self.libs_dir / "*"), main_class, *args]
-        logging_config = f"-Dlog4j2.configurationFile={_RESOURCES / 'log4j2.properties'}"
-        cmd = [_java(), *_JVM_OPTS, logging_config, *classpath]
+        logging_config = f"-Dlog4j2.configurationFile={RESOURCES / 'log4j2.properties'}"
+        cmd = [java(), *JVM_OPTS, logging_config, *classpath]
         with self.log_path.open("ab") as out:
             out.write(f"--- localkafka: {main_class} {' '.join(args)}\n".encode())
             out.flush()
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
 
-    def _failure(self, what: str) -> str:
+    def failure(self, what: str) -> str:
+        """``what`` went wrong, with the first ERROR of the latest launch and the log's tail."""
         # A fatal error is followed by hundreds of shutdown lines, so quote the first ERROR of
         # the latest launch (the text after our last marker line) above the tail.
         lines = self.log_tail(5000).rpartition("--- localkafka:")[2].splitlines()
@@ -495,106 +396,3 @@ class LocalKafka:
         if first is not None:
             text += "\nfirst error:\n" + "\n".join(lines[first : first + 2])
         return text + "\nlast lines:\n" + "\n".join(lines[-30:])
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run a broker in the foreground until Ctrl-C or SIGTERM; return the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="streams kafka", description=f"Run a local Apache Kafka {KAFKA_VERSION} broker."
-    )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="9092; 0 picks a free one")
-    parser.add_argument("--cache-dir", type=Path, help="jars ($STREAMS_CACHE_DIR or ./.cache)")
-    parser.add_argument("--run-dir", type=Path, help="keep config, data and log across runs")
-    parser.add_argument(
-        "--secure",
-        action="store_true",
-        help="like a managed Kafka: SASL_SSL (PLAIN, SCRAM) on --port, mTLS on --ssl-port, "
-        "users admin (super user) and worker (ACLs for the worker's topics and group)",
-    )
-    parser.add_argument("--ssl-port", type=int, default=0, help="mTLS port with --secure; 0: any")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    # One "Loading SSL CA" and "Authenticated as" line per connection would bury the help.
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    # SIGTERM behaves like Ctrl-C, so a download, a start or the wait all end in the same cleanup;
-    # the default SIGTERM action would leave the JVM running. SIGINT is set too because a
-    # background job inherits it ignored.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.default_int_handler)
-    broker = None
-    try:
-        started = time.monotonic()
-        libs = ensure_jars(args.cache_dir or default_cache_dir())
-        jars_s = time.monotonic() - started
-        broker = LocalKafka(
-            libs,
-            port=args.port or None,
-            run_dir=args.run_dir,
-            secure=args.secure,
-            ssl_port=args.ssl_port or None,
-        )
-        broker.start()
-        if broker.secure:
-            _grant_worker(broker)
-        print(
-            f"Kafka {KAFKA_VERSION} ready at {broker.bootstrap} "
-            f"(jars {jars_s:.1f} s, broker start {broker.started_in_s:.1f} s); "
-            f"log {broker.log_path}. Ctrl-C to stop.",
-            flush=True,
-        )
-        if broker.secure:
-            print(_secure_help(broker), flush=True)
-        while broker.is_running:
-            time.sleep(0.5)
-        print(f"error: {broker._failure('the broker exited')}", file=sys.stderr)
-        return 1
-    except BrokerStartError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("Stopping Kafka.", flush=True)
-        return 0
-    finally:
-        if broker is not None:
-            broker.close()
-
-
-def _grant_worker(broker: LocalKafka) -> None:
-    from streams.config import Settings
-    from streams.kafka_acls import worker_acls
-
-    # The topic names and app id the worker will run with: this shell's STREAMS_* settings,
-    # or the defaults when they (or KAFKA_* settings meant for another cluster) do not load.
-    try:
-        settings = Settings()
-    except ValueError:
-        settings = Settings.model_construct()
-    bindings = worker_acls(settings, "User:worker")
-    broker.grant(bindings)
-    for binding in bindings:
-        log.info("ACL: %s", binding)
-
-
-def _secure_help(broker: LocalKafka) -> str:
-    def export(bootstrap: str, security: KafkaSecurity, user: str | None) -> str:
-        password_file = broker.secrets_dir / f"{user}.password" if user else None
-        env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, **security.env(password_file=password_file)}
-        return "  export " + " ".join(f"{k}={v}" for k, v in env.items())
-
-    return "\n".join(
-        [
-            "Secured: no anonymous port. Settings for a shell, by principal:",
-            "worker (SASL_SSL, SCRAM-SHA-512; may only read recordings, write transcripts, "
-            "use its own group and faust topics) for `streams worker`:",
-            export(broker.bootstrap, broker.security("worker"), "worker"),
-            "admin (super user) for `streams publish`, `streams tail`, `streams topics`:",
-            export(broker.bootstrap, broker.security("admin"), "admin"),
-            "worker over mTLS (client certificate, CN=worker) instead of a password:",
-            export(broker.ssl_bootstrap, broker.mtls_security("worker"), None),
-            "PLAIN and SCRAM-SHA-256 work too (KAFKA_SASL_MECHANISM).",
-        ]
-    )
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""A throwaway certificate authority for the secured local Kafka (streams/localkafka.py).
+"""A throwaway certificate authority for the secured local Kafka (streams/dev/localkafka.py).
 
 Managed clusters present certificates of a real CA; the local broker gets its own, made fresh
 at each start, so TLS is exercised end to end (hostname check included) without a keytool or
