@@ -5,74 +5,59 @@ per-request bookkeeping through ``on_finished``. A streaming reply starts (HTTP 
 headers) only once the engine yields its first piece, so a refusal before that is a real
 4xx/5xx reply (an SSE body for a native SSE request, as the cloud sends; JSON otherwise);
 after it, errors travel as SSE error frames whose status is only in the ``:HTTP_STATUS/nnn``
-comment (dashscope-protocol.md §3).
+comment (docs/dashscope-protocol.md §3).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-import math
 import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import anyio
-import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import Send
 
-from streams.api_limits import MAX_DATA_URI_BYTES, MAX_REQUEST_S
-from streams.asr_server.engine import (
-    DropConnection,
-    Engine,
-    EngineError,
-    MalformedFrame,
-    Piece,
-    RecognitionRequest,
-)
-from streams.asr_server.protocol import (
+from streams.api_limits import MAX_DATA_URI_BYTES, MAX_REQUEST_S, billed_seconds
+from streams.asr_server.audio import decode_pcm, fetch_audio_url
+from streams.asr_server.engine import Engine, Piece, RecognitionRequest
+from streams.asr_server.errors import (
     BAD_URL,
-    MALFORMED_JSON,
+    INTERNAL_MESSAGE,
     RATE_QUOTA,
     RATE_QUOTA_MESSAGE,
     ApiError,
+    DropConnection,
+    EngineError,
+    MalformedFrame,
+)
+from streams.asr_server.framing import MALFORMED_JSON, CompatibleStream, NativeStream
+from streams.asr_server.parsing import (
     AsrRequest,
-    CompatibleStream,
-    NativeStream,
-    billed_seconds,
-    compatible_error_body,
     decode_data_uri,
-    native_error_body,
     parse_compatible_request,
     parse_native_request,
-    sse_error_frame,
 )
 from streams.asr_server.quota import RequestQuota
-from streams.decode import decode_sync
-from streams.errors import AudioTooLarge, AudioTooLong, PipelineError, UndecodableAudio
-from streams.fetch import FetchLimits, fetch, fetch_client
-from streams.netguard import redact_url
+from streams.asr_server.responses import (
+    JSON_TYPE,
+    SSE_TYPE,
+    CuttableStream,
+    aclose_shielded,
+    cut_body,
+    refusal,
+)
+from streams.fetch import FetchLimits
 
-__all__ = [
-    "COMPATIBLE_PATH",
-    "NATIVE_PATH",
-    "RequestOutcome",
-    "create_app",
-    "fetch_audio_url",
-]
+__all__ = ["COMPATIBLE_PATH", "NATIVE_PATH", "RequestOutcome", "create_app"]
 
 NATIVE_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
 COMPATIBLE_PATH = "/compatible-mode/v1/chat/completions"
-SSE_TYPE = "text/event-stream;charset=UTF-8"
-JSON_TYPE = "application/json"
 MiB = 1024 * 1024
 logger = logging.getLogger(__name__)
 
@@ -101,67 +86,6 @@ class RequestOutcome:
     """``stop`` or ``length`` once the final frame (or body) went out."""
     finished: bool = False
     """Whether the final frame (or the whole JSON body) went out."""
-
-
-async def fetch_audio_url(url: str, limits: FetchLimits) -> bytes:
-    """Download the audio an http(s) URL names through the worker's SSRF guard and caps.
-
-    Every hop of a redirect chain is checked, and the connection goes only to the address
-    that was checked (:mod:`streams.netguard`); private hosts need ``allow_private_hosts``.
-    """
-    try:
-        async with fetch_client(limits) as client:
-            fetched = await fetch(url, limits, client)
-        with fetched:
-            return await asyncio.to_thread(fetched.path.read_bytes)
-    except AudioTooLarge as exc:
-        raise ApiError(400, "InvalidParameter", "Multimodal file size is too large") from exc
-    except PipelineError as exc:
-        # The cloud says no more than this; the reason (say, a refused host) is logged.
-        logger.info("audio URL %s not fetched: %s", redact_url(url), exc)
-        message = "Failed to download multimodal content."
-        raise ApiError(400, "InvalidParameter", message) from exc
-
-
-def _decode_pcm(data: bytes, max_audio_s: float) -> np.ndarray:
-    """Decode audio bytes to 16 kHz mono int16, translating decoder errors to API errors."""
-    try:
-        return decode_sync(io.BytesIO(data), layout="mix", max_duration_s=max_audio_s).channels[0]
-    except AudioTooLong as exc:
-        message = (
-            f"The audio is too long: at most {max_audio_s:g} s of audio is accepted per "
-            f"request ({exc.message})."
-        )
-        raise ApiError(400, "InvalidParameter", message) from exc
-    except UndecodableAudio as exc:
-        if exc.code == "empty_audio":
-            raise ApiError(400, "InvalidParameter", "The audio is empty") from exc
-        message = "The audio format is illegal and cannot be opened."
-        raise ApiError(400, "InvalidParameter", message) from exc
-
-
-class _Stream(StreamingResponse):
-    """A streaming response that a :class:`DropConnection` leaves unfinished on purpose."""
-
-    async def stream_response(self, send: Send) -> None:
-        try:
-            await super().stream_response(send)
-        except DropConnection:
-            # Returning without the final body message makes uvicorn close the socket
-            # mid-body: the client sees a truncated chunked stream, like a network cut.
-            logger.warning(
-                "request %s: connection dropped on the engine's request",
-                self.headers.get("x-request-id"),
-            )
-        finally:
-            # Starlette leaves the generator suspended when the client goes away; close it
-            # now so the engine stops and the outcome is reported at once, not at GC time.
-            await _close(self.body_iterator)
-
-
-async def _no_body() -> AsyncIterator[bytes]:
-    raise DropConnection
-    yield b""  # pragma: no cover  # makes this an async generator
 
 
 _Encoder = NativeStream | CompatibleStream
@@ -231,13 +155,13 @@ class _Server:
             outcome.http_status, outcome.error_code = exc.status, exc.code
             outcome.error_message = exc.message
             self._report(outcome)
-            return _refusal(exc, outcome.request_id, native=native, sse=sse)
-        except DropConnection:
-            outcome.error_code = "ConnectionDropped"
+            return refusal(exc, outcome.request_id, native=native, sse=sse)
+        except DropConnection as exc:
+            outcome.error_code = exc.code
             self._report(outcome)
-            return _Stream(_no_body(), headers={"x-request-id": outcome.request_id})
-        except MalformedFrame:
-            outcome.error_code = "MalformedFrame"
+            return CuttableStream(cut_body(), headers={"x-request-id": outcome.request_id})
+        except MalformedFrame as exc:
+            outcome.error_code = exc.code
             self._report(outcome)
             headers = {"x-request-id": outcome.request_id}
             return Response(MALFORMED_JSON, 200, headers=headers, media_type=JSON_TYPE)
@@ -254,7 +178,8 @@ class _Server:
     def _encoder(native: bool, started: _Started, request_id: str) -> _Encoder:
         asr, seconds = started.asr, started.seconds
         if native:
-            incremental = asr.incremental_output is True  # absent: cumulative (§2.3)
+            # absent: cumulative (docs/dashscope-protocol.md §2.3)
+            incremental = asr.incremental_output is True
             return NativeStream(
                 request_id=request_id,
                 seconds=seconds,
@@ -314,7 +239,7 @@ class _Server:
             data = await fetch_audio_url(asr.audio, self.fetch_limits)
         else:  # file:// and oss:// need the SDK's upload service, which is not emulated
             raise ApiError(400, "InvalidParameter", BAD_URL)
-        pcm = await asyncio.to_thread(_decode_pcm, data, self.max_audio_s)
+        pcm = await asyncio.to_thread(decode_pcm, data, self.max_audio_s)
         recognition = RecognitionRequest(
             pcm=pcm,
             sample_rate=16_000,
@@ -328,7 +253,7 @@ class _Server:
         try:
             first = await self._next(pieces, outcome.request_id)
         except BaseException:
-            await _close(pieces)
+            await aclose_shielded(pieces)
             raise
         return _Started(asr, pieces, first, billed_seconds(recognition.duration_s))
 
@@ -345,7 +270,7 @@ class _Server:
             raise
         except Exception as exc:
             logger.exception("engine %s failed on request %s", self.engine.name, request_id)
-            raise ApiError(500, "InternalError", _INTERNAL) from exc
+            raise ApiError(500, "InternalError", INTERNAL_MESSAGE) from exc
 
     async def _collect(self, started: _Started, request_id: str) -> Piece:
         """Gather the whole transcript for a non-streaming reply, as one piece."""
@@ -359,7 +284,7 @@ class _Server:
                 reason = piece.finish_reason or reason
                 piece = await self._next(started.pieces, request_id)
         finally:
-            await _close(started.pieces)
+            await aclose_shielded(started.pieces)
         return Piece(text, language, emotion, reason)
 
     def _stream(self, started: _Started, encoder: _Encoder, outcome: RequestOutcome) -> Response:
@@ -369,7 +294,7 @@ class _Server:
             "cache-control": "no-cache",
         }
         frames = self._frames(started, encoder, outcome)
-        return _Stream(frames, headers=headers, media_type=SSE_TYPE)
+        return CuttableStream(frames, headers=headers, media_type=SSE_TYPE)
 
     async def _frames(
         self, started: _Started, encoder: _Encoder, outcome: RequestOutcome
@@ -390,16 +315,16 @@ class _Server:
         except ApiError as exc:
             outcome.error_code, outcome.error_message = exc.code, exc.message
             yield encoder.error(exc.status, exc.code, exc.message)
-        except MalformedFrame:
+        except MalformedFrame as exc:
             # A broken frame and then the end of the stream, as from a faulty proxy.
-            outcome.error_code = "MalformedFrame"
+            outcome.error_code = exc.code
             yield encoder.malformed()
-        except DropConnection:
-            outcome.error_code = "ConnectionDropped"
+        except DropConnection as exc:
+            outcome.error_code = exc.code
             raise
         finally:
             outcome.text = encoder.text
-            await _close(started.pieces)
+            await aclose_shielded(started.pieces)
             self._report(outcome)
 
     def _report(self, outcome: RequestOutcome) -> None:
@@ -410,38 +335,6 @@ class _Server:
         except Exception:
             # Bookkeeping must not break a reply that is already on its way.
             logger.exception("on_finished failed for request %s", outcome.request_id)
-
-
-_INTERNAL = "An internal error has occured, please try again later or contact service support."
-
-
-def _refusal(exc: ApiError, request_id: str, *, native: bool, sse: bool) -> Response:
-    """The reply to a request refused before its stream started.
-
-    A native request that asked for SSE gets the error as an SSE body under the error's
-    own status, as the cloud sends it (the SDK reads its first ``data:`` line); anything
-    else gets the JSON body of its API.
-    """
-    headers = {"x-request-id": request_id}
-    if exc.retry_after_s is not None:
-        headers["retry-after"] = str(math.ceil(exc.retry_after_s))
-    if sse:
-        body = sse_error_frame(1, exc.status, exc.code, exc.message, request_id)
-        return Response(body, exc.status, headers=headers, media_type=SSE_TYPE)
-    if native:
-        body = native_error_body(exc.code, exc.message, request_id)
-    else:
-        body = compatible_error_body(exc.status, exc.code, exc.message, request_id)
-    return Response(body, exc.status, headers=headers, media_type=JSON_TYPE)
-
-
-async def _close(pieces: AsyncIterator[Any]) -> None:
-    """Close an engine's iterator even while the request is being cancelled."""
-    aclose = getattr(pieces, "aclose", None)
-    if aclose is not None:
-        # Shielded: a client disconnect cancels the request, and the engine must still stop.
-        with anyio.CancelScope(shield=True):
-            await aclose()
 
 
 def create_app(

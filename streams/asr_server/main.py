@@ -1,7 +1,8 @@
 """Run the local ASR server: ``python -m streams.asr_server.main --engine scripted --port 8000``.
 
-``--engine whisper`` recognises for real with faster-whisper (``--model base|tiny.en|DIR``);
-its flags fall back to ``STREAMS_ASR_*`` environment variables (see ``--help``). The server
+``--engine whisper`` recognises for real with faster-whisper (``--model base|tiny.en|DIR``).
+Each flag sets one field of :class:`~streams.asr_server.settings.AsrServerSettings` and wins
+over its environment variable (``STREAMS_ASR_*``, see ``--help``). The server
 listens only once the model is loaded, so ``/health`` answers only when it can recognise.
 Prints one line, ``ASR server (<engine> engine) listening on http://HOST:PORT``, once it
 accepts connections (with ``--port 0`` the line names the port the system chose), and shuts
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import socket
 import sys
@@ -20,18 +20,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-import orjson
 import uvicorn
+from pydantic import AliasChoices, ValidationError
 from starlette.applications import Starlette
 
 from streams.api_limits import MAX_REQUEST_S
 from streams.asr_server.app import create_app
-from streams.asr_server.scripted import FaultRule, ScriptedConfig, ScriptedEngine, control_routes
-from streams.asr_server.whisper import MODEL_NAMES, WhisperConfig, WhisperEngine, whisper_routes
+from streams.asr_server.scripted import ScriptedConfig, ScriptedEngine, control_routes
+from streams.asr_server.settings import ENGINES, AsrServerSettings
+from streams.asr_server.whisper import WhisperConfig, WhisperEngine, whisper_routes
 
-__all__ = ["ENGINES", "build_app", "main", "serve"]
-
-ENGINES = ("scripted", "whisper")
+__all__ = ["ENGINES", "build_app", "main", "parse_settings", "serve"]
 
 
 def build_app(
@@ -135,157 +134,107 @@ class _Server(uvicorn.Server):
 
 
 def _parser() -> argparse.ArgumentParser:
+    # SUPPRESS: a flag not given stays out of the namespace, so the environment or the
+    # field's default decides; --help shows both from the settings class.
     parser = argparse.ArgumentParser(
         prog="python -m streams.asr_server.main",
         description="Serve the DashScope qwen3-asr-flash API locally.",
+        argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--engine", choices=ENGINES, default="scripted")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
-    parser.add_argument("--api-key", help="key clients must send (default: $DASHSCOPE_API_KEY)")
-    parser.add_argument("--no-auth", action="store_true", help="accept any key")
-    parser.add_argument("--max-audio-s", type=float, default=MAX_REQUEST_S)
-    parser.add_argument(
-        "--quota-rpm",
-        type=int,
-        default=_env("QUOTA_RPM", "0"),
-        help="refuse a key's requests beyond N per minute, and per second beyond RPM/60, "
-        "with 429 Throttling.RateQuota, as the cloud does (default: $STREAMS_ASR_QUOTA_RPM; "
-        "0, no quota)",
-    )
-    parser.add_argument(
-        "--allow-private-hosts",
-        default=_env("ALLOW_PRIVATE_HOSTS", ""),
-        help="comma-separated hosts or CIDRs that audio URLs may reach although not public "
-        "(default: $STREAMS_ASR_ALLOW_PRIVATE_HOSTS; none)",
-    )
+    parser.add_argument("--engine", choices=ENGINES, help=_help("engine"))
+    parser.add_argument("--host", help=_help("host"))
+    parser.add_argument("--port", type=int, help=_help("port"))
+    parser.add_argument("--api-key", help=_help("api_key"))
+    parser.add_argument("--no-auth", action="store_true", help=_help("no_auth"))
+    parser.add_argument("--max-audio-s", type=float, help=_help("max_audio_s"))
+    parser.add_argument("--quota-rpm", type=int, help=_help("quota_rpm"))
+    parser.add_argument("--allow-private-hosts", help=_help("allow_private_hosts"))
+    parser.add_argument("--log-level", help=_help("log_level"))
     scripted = parser.add_argument_group("scripted engine")
-    defaults = ScriptedConfig()
-    scripted.add_argument("--transcript", help="fixed text for every request")
-    scripted.add_argument("--words-per-second", type=float, default=defaults.words_per_second)
-    scripted.add_argument("--words-per-delta", type=int, default=defaults.words_per_delta)
-    scripted.add_argument("--first-delta-s", type=float, default=defaults.first_delta_s)
-    scripted.add_argument("--delta-interval-s", type=float, default=defaults.delta_interval_s)
+    scripted.add_argument("--transcript", help=_help("transcript"))
+    for name in ("words_per_second", "first_delta_s", "delta_interval_s"):
+        scripted.add_argument(_flag(name), type=float, help=_help(name))
     scripted.add_argument(
-        "--first-delta-per-audio-s", type=float, default=defaults.first_delta_per_audio_s
+        "--first-delta-per-audio-s", type=float, help=_help("first_delta_per_audio_s")
     )
-    scripted.add_argument("--language", default=defaults.language)
-    scripted.add_argument("--seed", type=int, default=defaults.seed)
-    scripted.add_argument("--faults", help="fault rules as JSON (a list, see scripted.py)")
-    _whisper_arguments(parser.add_argument_group("whisper engine (env: STREAMS_ASR_<FLAG>)"))
+    scripted.add_argument("--words-per-delta", type=int, help=_help("words_per_delta"))
+    scripted.add_argument("--language", help=_help("language"))
+    scripted.add_argument("--seed", type=int, help=_help("seed"))
+    scripted.add_argument("--faults", help=_help("faults"))
+    whisper = parser.add_argument_group("whisper engine")
+    whisper.add_argument(
+        "--model", dest="model_dir", metavar="NAME_OR_DIR", help=_help("model_dir")
+    )
+    whisper.add_argument("--model-cache-dir", type=Path, help=_help("model_cache_dir"))
+    whisper.add_argument("--device", help=_help("device"))
+    whisper.add_argument("--compute-type", help=_help("compute_type"))
+    for name in ("cpu_threads", "beam_size", "workers", "queue"):
+        whisper.add_argument(_flag(name), type=int, help=_help(name))
+    whisper.add_argument(
+        "--vad-filter", action=argparse.BooleanOptionalAction, help=_help("vad_filter")
+    )
     return parser
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"STREAMS_ASR_{name}") or default
+def _flag(name: str) -> str:
+    return "--model" if name == "model_dir" else "--" + name.replace("_", "-")
 
 
-def _whisper_arguments(group: argparse._ArgumentGroup) -> None:
-    defaults = WhisperConfig()
-    cache = Path(os.environ.get("STREAMS_CACHE_DIR") or ".cache") / "models"
-    group.add_argument(
-        "--model",
-        default=_env("MODEL_DIR", defaults.model),
-        help="base (multilingual, default), tiny.en (English only) or a CTranslate2 model "
-        "directory ($STREAMS_ASR_MODEL_DIR)",
-    )
-    group.add_argument(
-        "--model-cache-dir",
-        type=Path,
-        default=cache,
-        help="where base is assembled from its PyPI parts ($STREAMS_CACHE_DIR/models)",
-    )
-    group.add_argument("--device", default=_env("DEVICE", defaults.device), help="cpu or cuda")
-    group.add_argument("--compute-type", default=_env("COMPUTE_TYPE", defaults.compute_type))
-    group.add_argument(
-        "--cpu-threads",
-        type=int,
-        default=_env("CPU_THREADS", str(defaults.cpu_threads)),
-        help="threads per recognition; 0 shares the cores among the workers",
-    )
-    group.add_argument("--beam-size", type=int, default=_env("BEAM_SIZE", str(defaults.beam_size)))
-    group.add_argument(
-        "--workers",
-        type=int,
-        default=_env("WORKERS", str(defaults.workers)),
-        help="recognitions that run at once",
-    )
-    group.add_argument(
-        "--queue",
-        type=int,
-        default=_env("QUEUE", str(defaults.queue)),
-        help="requests that may wait for a worker; more get 429 Throttling",
-    )
-    group.add_argument(
-        "--vad-filter",
-        action=argparse.BooleanOptionalAction,
-        default=_env("VAD_FILTER", "") in ("1", "true", "yes"),
-        help="drop silence with Silero VAD before decoding",
-    )
+def _env_name(name: str) -> str:
+    alias = AsrServerSettings.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"STREAMS_ASR_{name.upper()}"
 
 
-def _whisper_config(args: argparse.Namespace) -> WhisperConfig:
-    model = args.model
-    # Checked here so that a typo is a usage error, not a traceback after start-up.
-    missing = not (Path(model).expanduser() / "model.bin").is_file()
-    if args.engine == "whisper" and model not in MODEL_NAMES and missing:
-        raise ValueError(f"--model: expected {MODEL_NAMES} or a model directory, got {model!r}")
-    return WhisperConfig(
-        model=args.model,
-        cache_dir=args.model_cache_dir,
-        device=args.device,
-        compute_type=args.compute_type,
-        cpu_threads=args.cpu_threads,
-        beam_size=args.beam_size,
-        workers=args.workers,
-        queue=args.queue,
-        vad_filter=args.vad_filter,
-    )
+def _help(name: str) -> str:
+    field = AsrServerSettings.model_fields[name]
+    default = "unset" if field.default in (None, ()) else repr(field.default)
+    described = f"{field.description} " if field.description else ""
+    return f"{described}(${_env_name(name)}; default {default})".replace("%", "%%")
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per invalid value, naming its flag and variable and showing what was given."""
+    lines = []
+    for item in error.errors():
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if not item["loc"]:  # a rule across fields; its message names the flags
+            lines.append(message)
+            continue
+        name = str(item["loc"][0])
+        known = name in AsrServerSettings.model_fields
+        where = f"{_flag(name)} / ${_env_name(name)}" if known else name
+        # A rule's own ValueError already shows the value; pydantic's messages do not.
+        got = "" if item["type"] == "value_error" else f", got {item['input']!r}"
+        lines.append(f"{where}: {message}{got}")
+    return "; ".join(lines)
+
+
+def parse_settings(argv: Sequence[str] | None = None) -> AsrServerSettings:
+    """Read the settings from the command line over the environment; exit 2 on a bad value."""
+    parser = _parser()
+    flags = vars(parser.parse_args(argv))
+    try:
+        return AsrServerSettings(**flags)
+    except ValidationError as exc:
+        parser.error(_describe(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line and serve; return the exit status."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    api_key = None if args.no_auth else (args.api_key or os.environ.get("DASHSCOPE_API_KEY"))
-    if not args.no_auth and not api_key:
-        parser.error("give --api-key, set DASHSCOPE_API_KEY, or pass --no-auth")
-    if args.quota_rpm < 0:
-        parser.error(f"--quota-rpm must not be negative, got {args.quota_rpm}")
-    faults: tuple[dict[str, object], ...] = ()
-    if args.faults:
-        try:
-            loaded = orjson.loads(args.faults)
-            faults = tuple(loaded if isinstance(loaded, list) else [loaded])
-            for rule in faults:
-                FaultRule.from_dict(rule)
-        except ValueError as exc:
-            parser.error(f"--faults: {exc}")
-    config = ScriptedConfig(
-        transcript=args.transcript,
-        words_per_second=args.words_per_second,
-        words_per_delta=args.words_per_delta,
-        first_delta_s=args.first_delta_s,
-        delta_interval_s=args.delta_interval_s,
-        first_delta_per_audio_s=args.first_delta_per_audio_s,
-        language=args.language,
-        faults=faults,
-        seed=args.seed,
-    )
-    try:
-        whisper = _whisper_config(args)
-    except ValueError as exc:
-        parser.error(str(exc))
+    settings = parse_settings(argv)
     serve(
-        args.engine,
-        args.host,
-        args.port,
-        api_key,
-        config,
-        whisper_config=whisper,
-        max_audio_s=args.max_audio_s,
-        allow_private_hosts=[h for h in args.allow_private_hosts.split(",") if h.strip()],
-        quota_rpm=args.quota_rpm or None,
+        settings.engine,
+        settings.host,
+        settings.port,
+        settings.resolved_api_key,
+        settings.scripted_config(),
+        whisper_config=settings.whisper_config(),
+        max_audio_s=settings.max_audio_s,
+        allow_private_hosts=settings.allow_private_hosts,
+        log_level=settings.log_level,
+        quota_rpm=settings.quota_rpm or None,
     )
     return 0
 

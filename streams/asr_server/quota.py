@@ -1,7 +1,7 @@
 """The cloud's per-key request quota, so that tests meet the 429s a real account meets.
 
 DashScope limits each account to N requests per minute and also enforces it per second as
-RPM/60 (dashscope-protocol.md §8). The server keeps both rules per API key: at most N
+RPM/60 (docs/dashscope-protocol.md §8). The server keeps both rules per API key: at most N
 admitted requests in any sliding 60 s window, and at most ``per_second_limit(N)`` in one
 calendar second (the floor of Unix time). A request over either is refused with 429
 ``Throttling.RateQuota`` and a ``Retry-After`` that names when it would be admitted. Refused

@@ -1,31 +1,9 @@
 """A scripted engine that stands in for the cloud: deterministic text, latency, injected faults.
 
 The transcript is a function of the audio alone (words drawn with a seed taken from a hash of
-the PCM), so a test can ask the journal what the server said and compare. Fault rules are
-JSON, replaceable at run time through ``POST /scripted/faults``::
-
-    [{"match": {"context_contains": "FAIL-ME", "rate": 0.5, "times": 2},
-      "fault": "429", "retry_after_s": 2}]
-
-``match`` keys are all optional (no ``match``: every request); ``times`` counts the requests
-the rule still applies to. Faults:
-
-- ``401``, ``400``, ``429``, ``500``: refused before the stream starts, with that status (an
-  SSE body to a native SSE request, JSON otherwise);
-- ``error_frame``: HTTP 200, then after ``after_deltas`` pieces an ``event:error`` frame whose
-  status (``status``, default 500; 400-599) is only in its ``:HTTP_STATUS/nnn`` comment, as
-  the cloud sends mid-stream failures; ``{"fault": "error_frame", "status": 503}``;
-- ``error_frame_429``: ``error_frame`` with status 429 and ``Throttling.RateQuota``;
-- ``malformed_frame``: after ``after_deltas`` pieces, a frame whose ``data:`` is not JSON,
-  then the end of the stream (a non-streaming request gets a 200 body that is not JSON);
-- ``length``: the reply ends normally after ``after_deltas`` pieces but with ``finish_reason``
-  "length", as when the output hits the model's limit;
-- ``cut``: the connection dropped after ``after_deltas`` pieces;
-- ``slow_first_byte``: ``delay_s`` more before anything is sent.
-
-``code`` and ``message`` override the error sent (defaults follow the status: 400
-``InvalidParameter``, 401 ``InvalidApiKey``, 429 ``Throttling``, 500 ``InternalError``, 503
-``ModelUnavailable``, other statuses ``InternalError``).
+the PCM), so a test can ask the journal what the server said and compare. Faults follow the
+rules of :mod:`streams.asr_server.faults`, replaceable at run time through
+``POST /scripted/faults``.
 ``GET /scripted/journal`` lists recent requests, refused ones included (an entry appears when
 recognition starts and is completed when the reply ends, or when the request is refused;
 ``received_at``, ``started_at``, ``first_delta_at`` and ``finished_at`` are Unix times, so a
@@ -52,54 +30,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from streams.asr_server.engine import (
-    DropConnection,
-    EngineError,
-    MalformedFrame,
-    Piece,
-    RecognitionRequest,
-)
+from streams.asr_server.engine import Piece, RecognitionRequest
+from streams.asr_server.errors import DropConnection, MalformedFrame
+from streams.asr_server.faults import MID_STREAM, REFUSALS, FaultRule
 
 if TYPE_CHECKING:
     from streams.asr_server.app import RequestOutcome
 
-__all__ = [
-    "FAULTS",
-    "FaultRule",
-    "ScriptedConfig",
-    "ScriptedEngine",
-    "ScriptedFault",
-    "control_routes",
-]
+__all__ = ["ScriptedConfig", "ScriptedEngine", "control_routes"]
 
-# HTTP status -> (code, message) the cloud sends with it
-_BY_STATUS = {
-    400: ("InvalidParameter", "Required body invalid, please check the request body format."),
-    401: ("InvalidApiKey", "Invalid API-key provided."),
-    429: ("Throttling", "Requests throttling triggered."),
-    500: (
-        "InternalError",
-        "An internal error has occured, please try again later or contact service support.",
-    ),
-    503: ("ModelUnavailable", "Model is unavailable, please try again later."),
-}
-# fault -> (HTTP status, code, message) of the error it raises
-_ERRORS = {
-    "401": (401, *_BY_STATUS[401]),
-    "400": (400, *_BY_STATUS[400]),
-    "429": (429, *_BY_STATUS[429]),
-    "500": (500, *_BY_STATUS[500]),
-    "error_frame_429": (
-        429,
-        "Throttling.RateQuota",
-        "Requests rate limit exceeded, please try again later.",
-    ),
-}
-_REFUSALS = frozenset({"401", "400", "429", "500"})
-"""Faults refused before the stream starts."""
-_MID_STREAM = frozenset({"cut", "error_frame", "error_frame_429", "malformed_frame", "length"})
-"""Faults that strike after ``after_deltas`` pieces."""
-FAULTS = frozenset({*_ERRORS, *_MID_STREAM, "slow_first_byte"})
 _WORDS = tuple(
     """account address agent answer balance bank call card change charge check claim contact
     credit customer date delivery detail email error fee form help hold invoice issue line
@@ -112,86 +51,6 @@ _WORDS = tuple(
 _CJK = "\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uff00-\uffef"
 # Delta tokens: a CJK character each (no spaces there), otherwise a word with its leading space.
 _TOKEN = re.compile(rf"\s*(?:[{_CJK}]|[^\s{_CJK}]+)")
-
-
-class ScriptedFault(EngineError):
-    """An injected error; unlike the engine errors it carries its own status and code."""
-
-    def __init__(self, status: int, code: str, message: str, *, retry_after_s: float | None):
-        super().__init__(message, retry_after_s=retry_after_s)
-        self.status = status
-        self.code = code
-
-
-@dataclass
-class FaultRule:
-    """One fault and the requests it applies to."""
-
-    fault: str
-    context_contains: str | None = None
-    rate: float | None = None
-    """Probability that a matching request gets the fault (seeded RNG); None: always."""
-    times: int | None = None
-    """Requests the rule still applies to; None: forever."""
-    retry_after_s: float | None = None
-    after_deltas: int = 1
-    delay_s: float = 1.0
-    code: str | None = None
-    message: str | None = None
-    status: int | None = None
-    """HTTP status of an ``error_frame`` (default 500)."""
-
-    @classmethod
-    def from_dict(cls, raw: object) -> FaultRule:
-        """Read a rule from its JSON form; raise ValueError on anything unexpected."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"a fault rule must be an object, got {raw!r}")
-        rule = dict(raw)
-        match = rule.pop("match", None) or {}
-        if not isinstance(match, dict) or set(match) - {"context_contains", "rate", "times"}:
-            raise ValueError(f"unexpected match {match!r}")
-        fault = str(rule.pop("fault", ""))
-        if fault not in FAULTS:
-            raise ValueError(f"fault must be one of {sorted(FAULTS)}, got {fault!r}")
-        try:
-            made = cls(fault, **match, **rule)
-        except TypeError as exc:
-            raise ValueError(f"unexpected key in fault rule {raw!r}") from exc
-        numbers = {"rate": made.rate, "retry_after_s": made.retry_after_s, "delay_s": made.delay_s}
-        counts = {"times": made.times, "after_deltas": made.after_deltas, "status": made.status}
-        for name, value in {**numbers, **counts}.items():
-            kinds = (int,) if name in counts else (int, float)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        if made.rate is not None and not 0 <= made.rate <= 1:
-            raise ValueError(f"rate must lie in [0, 1], got {made.rate!r}")
-        if made.times is not None and made.times < 0:
-            raise ValueError(f"times must not be negative, got {made.times!r}")
-        if made.status is not None and made.fault != "error_frame":
-            raise ValueError(f"status applies to error_frame only, not {made.fault!r}")
-        if made.status is not None and not 400 <= made.status <= 599:
-            raise ValueError(f"status must be an error status (400-599), got {made.status!r}")
-        return made
-
-    def to_dict(self) -> dict[str, Any]:
-        """Write the rule in the JSON form :meth:`from_dict` reads."""
-        data = asdict(self)
-        match = {k: data.pop(k) for k in ("context_contains", "rate", "times")}
-        return {"match": {k: v for k, v in match.items() if v is not None}, **data}
-
-    def error(self) -> ScriptedFault:
-        """Build the error this rule injects."""
-        if self.fault == "error_frame":
-            status = self.status or 500
-            code, message = _BY_STATUS.get(status, _BY_STATUS[500])
-        else:
-            status, code, message = _ERRORS[self.fault]
-        retry = self.retry_after_s
-        if status == 429 and retry is None:
-            retry = 1.0
-        return ScriptedFault(
-            status, self.code or code, self.message or message, retry_after_s=retry
-        )
 
 
 @dataclass(frozen=True)
@@ -266,12 +125,12 @@ class ScriptedEngine:
                 "started_at": time.time(),
             }
         )
-        if fault in _REFUSALS:
+        if fault in REFUSALS:
             raise rule.error()
         cfg = self.config
         language = request.language or cfg.language
         pieces = self.deltas(self.transcript_for(request.pcm))
-        stop_at = rule.after_deltas if fault in _MID_STREAM else len(pieces)
+        stop_at = rule.after_deltas if fault in MID_STREAM else len(pieces)
         if stop_at == 0:
             yield Piece("", language, "neutral")  # commits HTTP 200 so the fault lands mid-stream
         delay = cfg.first_delta_s + cfg.first_delta_per_audio_s * request.duration_s

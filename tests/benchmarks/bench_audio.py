@@ -419,7 +419,7 @@ def bench_vad(tmp: Path) -> dict[str, Any]:
     """Words lost, non-speech sent and CPU per hour, per candidate and background."""
     from faster_whisper import WhisperModel
 
-    from streams.asr_server.whisper import whisper_base_dir
+    from streams.asr_server.whisper_models import whisper_base_dir
 
     # Word times of each clip from Whisper (about +-0.1 s): what a cut must not lose.
     model = WhisperModel(str(whisper_base_dir(Path(".cache/models"))), cpu_threads=2)

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from faster_whisper import WhisperModel
 
-    from streams.asr_server.whisper import resolve_model_dir
+    from streams.asr_server.whisper_models import resolve_model_dir
 
     cache = Path(os.environ.get("STREAMS_CACHE_DIR") or ROOT / ".cache") / "models"
     model_dir = resolve_model_dir(args.model, cache)

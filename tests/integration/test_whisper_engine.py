@@ -54,7 +54,7 @@ import openai
 import pytest
 
 from streams.asr_server.app import NATIVE_PATH
-from streams.asr_server.whisper import tiny_en_dir
+from streams.asr_server.whisper_models import tiny_en_dir
 from streams.decode import decode_sync
 from streams.encode import encode_data_uri
 from tests.audio import AUDIO_DIR, asset, manifest

@@ -9,21 +9,20 @@ import orjson
 import pytest
 
 from streams import api_limits
-from streams.asr_server.protocol import (
-    BAD_URL,
-    EMPTY_AUDIO,
+from streams.api_limits import billed_seconds, count_tokens
+from streams.asr_server.errors import BAD_URL, EMPTY_AUDIO, ApiError
+from streams.asr_server.framing import (
     MALFORMED_JSON,
-    ApiError,
     CompatibleStream,
     NativeStream,
-    billed_seconds,
     compatible_error_body,
-    count_tokens,
+    sse_error_frame,
+    sse_result_frame,
+)
+from streams.asr_server.parsing import (
     decode_data_uri,
     parse_compatible_request,
     parse_native_request,
-    sse_error_frame,
-    sse_result_frame,
 )
 
 RID = "568e2bf0-d6f2-97f8-9f15-a57b11dc6977"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from streams.asr_server.scripted import FaultRule
+from streams.asr_server.faults import FaultRule
 
 
 @pytest.mark.parametrize(
