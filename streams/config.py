@@ -10,15 +10,13 @@ values they need.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streams.api_limits import MAX_DATA_URI_BYTES
-
-if TYPE_CHECKING:
-    from streams.kafka_security import KafkaSecurity
+from streams.kafka_security import KafkaSecurity
 
 __all__ = ["DASHSCOPE_REGIONS", "LOCAL_ASR_URL", "Settings"]
 
@@ -189,9 +187,7 @@ class Settings(BaseSettings):
         # Combinations are checked where the clients are built, so no path skips the check;
         # here it runs once at start, so a wrong combination stops every command before it
         # connects (a ValueError names the variables).
-        from streams.kafka_security import KafkaSecurity
-
-        KafkaSecurity.from_settings(self)
+        _ = self.kafka_security
         return self
 
     @model_validator(mode="after")
@@ -222,9 +218,16 @@ class Settings(BaseSettings):
     @property
     def kafka_security(self) -> KafkaSecurity:
         """How this process's Kafka clients authenticate and encrypt (kafka_security.py)."""
-        from streams.kafka_security import KafkaSecurity
-
-        return KafkaSecurity.from_settings(self)
+        return KafkaSecurity.load(
+            protocol=self.kafka_security_protocol,
+            mechanism=self.kafka_sasl_mechanism,
+            username=self.kafka_sasl_username,
+            password=self.kafka_sasl_password,
+            password_file=self.kafka_sasl_password_file,
+            cafile=self.kafka_ssl_cafile,
+            certfile=self.kafka_ssl_certfile,
+            keyfile=self.kafka_ssl_keyfile,
+        )
 
     @property
     def resolved_asr_base_url(self) -> str:

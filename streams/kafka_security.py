@@ -20,8 +20,6 @@ from pydantic import SecretStr
 if TYPE_CHECKING:
     import faust.types
 
-    from streams.config import Settings
-
 __all__ = ["PLAINTEXT", "KafkaSecurity", "SaslMechanism", "SecurityProtocol"]
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -111,23 +109,36 @@ class KafkaSecurity:
             self.ssl_context()  # a bad PEM file stops the start, not the first connection
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KafkaSecurity:
-        """The security of ``settings``; the password file is read here."""
-        password = settings.kafka_sasl_password
-        if password is not None and settings.kafka_sasl_password_file is not None:
+    def load(
+        cls,
+        *,
+        protocol: SecurityProtocol = "PLAINTEXT",
+        mechanism: SaslMechanism | None = None,
+        username: str | None = None,
+        password: SecretStr | None = None,
+        password_file: Path | None = None,
+        cafile: Path | None = None,
+        certfile: Path | None = None,
+        keyfile: Path | None = None,
+    ) -> KafkaSecurity:
+        """The security of these values; ``password_file`` (a mounted secret) is read here.
+
+        Plain values, not the settings object: streams/config.py calls this, so this module
+        never imports the settings.
+        """
+        if password is not None and password_file is not None:
             raise ValueError("set KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE, not both")
-        if settings.kafka_sasl_password_file is not None:
+        if password_file is not None:
             # A mounted secret often ends in a newline that is not part of the password.
-            text = settings.kafka_sasl_password_file.read_text().strip()
-            password = SecretStr(text)
+            password = SecretStr(password_file.read_text().strip())
         return cls(
-            protocol=settings.kafka_security_protocol,
-            mechanism=settings.kafka_sasl_mechanism,
-            username=settings.kafka_sasl_username,
+            protocol=protocol,
+            mechanism=mechanism,
+            username=username,
             password=password,
-            cafile=settings.kafka_ssl_cafile,
-            certfile=settings.kafka_ssl_certfile,
-            keyfile=settings.kafka_ssl_keyfile,
+            cafile=cafile,
+            certfile=certfile,
+            keyfile=keyfile,
         )
 
     @property
