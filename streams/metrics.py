@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import faust
@@ -29,6 +29,7 @@ from prometheus_client import (
 )
 
 from streams.errors import PipelineError, TransientError
+from streams.event_types import FailedEvent, FinalEvent
 from streams.publish import Publisher, Sender, TopicNames
 from streams.transcribe import Delta, RecognitionBackend, RecognitionOptions, Result
 
@@ -152,7 +153,7 @@ class Metrics:
         finally:
             self.in_flight.dec()
 
-    def observe_final(self, event: dict[str, Any]) -> None:
+    def observe_final(self, event: Mapping[str, Any]) -> None:
         """Account for a published final event."""
         self.completed.inc()
         self.audio_seconds.inc(event.get("audio_seconds") or 0)
@@ -163,7 +164,7 @@ class Metrics:
             if key.endswith("_s") and isinstance(value, int | float):
                 self.stage_seconds.labels(stage=key.removesuffix("_s")).observe(value)
 
-    def observe_failed(self, event: dict[str, Any]) -> None:
+    def observe_failed(self, event: Mapping[str, Any]) -> None:
         """Account for a published failed event."""
         self.failed.labels(code=(event.get("error") or {}).get("code") or "internal_error").inc()
 
@@ -240,12 +241,12 @@ class MeteredPublisher(Publisher):
         await super().partial(recording_id, **fields)
         self._metrics.partial_events.inc()
 
-    async def final(self, event: dict[str, Any]) -> None:
+    async def final(self, event: FinalEvent, *, source: str = "") -> None:
         """Publish a final event, then account for its audio, cost and timings."""
-        await super().final(event)
+        await super().final(event, source=source)
         self._metrics.observe_final(event)
 
-    async def failed(self, event: dict[str, Any]) -> None:
+    async def failed(self, event: FailedEvent) -> None:
         """Publish a failed event, then count it under its error code."""
         await super().failed(event)
         self._metrics.observe_failed(event)
