@@ -7,10 +7,12 @@ streams/agents.py.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import faust
 from faust.types import TP
+from mode.types.signals import BaseSignalT
 
 from streams.agents import register_agents
 from streams.config import Settings
@@ -91,25 +93,36 @@ def create_app(settings: Settings) -> faust.App:
     runtime = Runtime(settings, FaustSender(outputs), metrics, ledger)
     register_agents(app, recordings, runtime)
 
-    @app.timer(interval=min(3600.0, settings.finalized_retention_s))
     async def _forget_expired_outcomes() -> None:
         if forgotten := ledger.forget_expired():
             log.info("forgot %d recording outcomes older than the retention", forgotten)
+
+    app.timer(interval=min(3600.0, settings.finalized_retention_s))(_forget_expired_outcomes)
 
     # The quota follows the partitions (ratelimit.py). faust sends "revoked" only once the
     # in-flight recordings of the old assignment are done, and the eager rebalance protocol
     # hands a partition to its next owner only after every member revoked: the slots of two
     # workers never overlap. "assigned" carries the whole new assignment, tables' included.
-    @app.on_partitions_revoked.connect
     async def _release_rate_share(app: faust.App, revoked: set[TP], **kwargs: object) -> None:
         runtime.release_partitions(tp.partition for tp in revoked if tp.topic == recordings_name)
 
-    @app.on_partitions_assigned.connect
     async def _split_rate_share(app: faust.App, assigned: set[TP], **kwargs: object) -> None:
         runtime.hold_partitions(tp.partition for tp in assigned if tp.topic == recordings_name)
 
-    @app.on_before_shutdown.connect
     async def _close_runtime(app: faust.App, **kwargs: object) -> None:
         await runtime.close()
 
+    _connect(app.on_partitions_revoked, _release_rate_share)
+    _connect(app.on_partitions_assigned, _split_rate_share)
+    _connect(app.on_before_shutdown, _close_runtime)
+
     return app
+
+
+def _connect(signal: BaseSignalT[Any], receiver: Callable[..., Awaitable[None]]) -> None:
+    """Connect ``receiver`` to a faust signal.
+
+    faust types a receiver as taking any positional arguments; ours name the ones the signal
+    sends, which mypy cannot match against that: this signature erases the names.
+    """
+    signal.connect(receiver)

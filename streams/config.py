@@ -29,7 +29,7 @@ DASHSCOPE_REGIONS = {
 LOCAL_ASR_URL = "http://127.0.0.1:8765"
 
 
-def _kafka_env(name: str, default: object = None, **kwargs: object) -> Any:
+def _kafka_env(name: str, default: object = None, **kwargs: Any) -> Any:
     """A field read from ``NAME`` as Kafka users spell it, or from ``STREAMS_NAME``."""
     return Field(default=default, validation_alias=AliasChoices(name, f"STREAMS_{name}"), **kwargs)
 

@@ -146,15 +146,19 @@ class Ledger:
 
     def __init__(self, app: faust.App, *, partitions: int, store: str, retention_s: float) -> None:
         self._retention_s = retention_s
-        self.table: faust.Table[str, dict[str, Any]] = app.Table(
-            TABLE_NAME,
-            key_type=str,
-            value_type=None,  # JSON objects (faust's json codec)
-            partitions=partitions,
-            store=store,
-            help="Terminal outcome of each recording id, for idempotent redelivery.",
-            # The worker creates the topic with these before faust starts (streams/topics.py).
-            extra_topic_configs=changelog_configs(retention_s),
+        # app.Table is typed as returning the abstract TableT; it builds a faust.Table.
+        self.table = cast(
+            "faust.Table[str, dict[str, Any]]",
+            app.Table(
+                TABLE_NAME,
+                key_type=str,
+                value_type=None,  # JSON objects (faust's json codec)
+                partitions=partitions,
+                store=store,
+                help="Terminal outcome of each recording id, for idempotent redelivery.",
+                # The worker creates the topic with these before faust starts (streams/topics.py).
+                extra_topic_configs=changelog_configs(retention_s),
+            ),
         )
 
     def forget_expired(self) -> int:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from pydantic import SecretStr
 
 if TYPE_CHECKING:
-    import faust.types
+    from faust.types.auth import CredentialsT
 
 __all__ = ["PLAINTEXT", "KafkaSecurity", "SaslMechanism", "SecurityProtocol"]
 
@@ -158,7 +158,7 @@ class KafkaSecurity:
 
     def describe(self) -> str:
         """A one-line summary for logs and errors, without the password."""
-        text = self.protocol
+        text: str = self.protocol
         if self.sasl:
             text += f" {self.mechanism} as {self.username!r}"
         if self.certfile is not None:
@@ -171,7 +171,7 @@ class KafkaSecurity:
         With ``password_file`` the password is referred to (KAFKA_SASL_PASSWORD_FILE), not
         copied into the environment.
         """
-        env = {"KAFKA_SECURITY_PROTOCOL": self.protocol}
+        env: dict[str, str] = {"KAFKA_SECURITY_PROTOCOL": self.protocol}
         if self.sasl:
             assert self.mechanism is not None
             assert self.username is not None
@@ -201,9 +201,10 @@ class KafkaSecurity:
         from aiokafka.helpers import create_ssl_context
 
         try:
-            return create_ssl_context(
+            context: ssl.SSLContext = create_ssl_context(
                 cafile=self.cafile, certfile=self.certfile, keyfile=self.keyfile
             )
+            return context
         except (ssl.SSLError, OSError) as exc:
             files = ", ".join(
                 f"{name}={path}"
@@ -228,7 +229,7 @@ class KafkaSecurity:
             kwargs["sasl_plain_password"] = self.password.get_secret_value()
         return kwargs
 
-    def faust_credentials(self) -> faust.types.CredentialsT | None:
+    def faust_credentials(self) -> CredentialsT | None:
         """faust's ``broker_credentials`` for the App: the same login and TLS as the clients."""
         import faust
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from typing import Any, cast
 
 import faust
 from prometheus_client import (
@@ -197,7 +197,11 @@ class MeteredBackend:
         status = "asr_stream_cut"  # the stream ended without a result
         first_delta = True
         try:
-            async with contextlib.aclosing(self._inner.stream(audio_uri, options)) as stream:
+            # Every backend streams with an async generator, which aclosing() needs.
+            inner = cast(
+                AsyncGenerator[Delta | Result, None], self._inner.stream(audio_uri, options)
+            )
+            async with contextlib.aclosing(inner) as stream:
                 async for item in stream:
                     if isinstance(item, Result):
                         status = "ok"

@@ -15,10 +15,10 @@ import functools
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import httpx
 import stamina
@@ -46,7 +46,7 @@ from streams.events import (
 )
 from streams.fetch import FetchLimits, fetch
 from streams.publish import EventPublisher
-from streams.transcribe import RecognitionBackend, RecognitionOptions, Result
+from streams.transcribe import Delta, RecognitionBackend, RecognitionOptions, Result
 
 __all__ = ["Pipeline", "PipelineRules"]
 
@@ -368,7 +368,11 @@ class Pipeline:
                 )
                 progress.attempts += 1
                 text = ""
-                async with contextlib.aclosing(self._backend.stream(audio_uri, options)) as stream:
+                # Every backend streams with an async generator, which aclosing() needs.
+                items = cast(
+                    AsyncGenerator[Delta | Result, None], self._backend.stream(audio_uri, options)
+                )
+                async with contextlib.aclosing(items) as stream:
                     async for item in stream:
                         if isinstance(item, Result):
                             return item
