@@ -5,8 +5,8 @@ and keeps events to the same keys (tests/unit/test_event_types.py compares both:
 schema property is a required key here, every optional one an optional key, and nothing else).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: TypedDict reads NotRequired only from evaluated
+# annotations, and the schema test compares the required and optional keys.
 from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
