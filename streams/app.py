@@ -67,7 +67,7 @@ def create_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=32,
         broker_max_poll_records=16,
         # On revoke faust waits for in-flight recordings; a long call must not miss the
-        # rebalance window (kafka-faust.md §3.2).
+        # rebalance window (docs/kafka-faust.md §3.2).
         broker_rebalance_timeout=max(60.0, settings.recording_deadline_s + 60.0),
         stream_processing_timeout=settings.recording_deadline_s + 60.0,
         broker_commit_livelock_soft_timeout=settings.recording_deadline_s + 60.0,

@@ -20,7 +20,7 @@ from streams.kafka_security import KafkaSecurity
 
 __all__ = ["DASHSCOPE_REGIONS", "LOCAL_ASR_URL", "Settings"]
 
-# Native API hosts per region (dashscope-protocol.md §0). US model names carry "-us".
+# Native API hosts per region (docs/dashscope-protocol.md §0). US model names carry "-us".
 DASHSCOPE_REGIONS = {
     "intl": "https://dashscope-intl.aliyuncs.com",
     "cn": "https://dashscope.aliyuncs.com",
@@ -192,7 +192,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _region_rules(self) -> Settings:
-        # The US region serves no OpenAI-compatible mode (dashscope-protocol notes, §0).
+        # The US region serves no OpenAI-compatible mode (docs/dashscope-protocol.md §0).
         if self.dashscope_region == "us" and self.asr_backend == "openai" and not self.asr_base_url:
             raise ValueError(
                 "the US region has no OpenAI-compatible mode: use asr_backend dashscope"
