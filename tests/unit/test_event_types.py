@@ -44,8 +44,8 @@ def test_a_typed_dict_has_the_keys_of_its_schema_object(shape: Any, where: tuple
 
 def test_every_object_of_the_contracts_has_a_typed_dict() -> None:
     """A new nested object in a schema needs its TypedDict (and a line in SHAPES)."""
-    covered = {tuple(param.values[1]) for param in SHAPES}
-    found = set()
+    covered = {param.values[1] for param in SHAPES}
+    found: set[tuple[str, ...]] = set()
     for name in ("recording", "partial", "final", "failed"):
         found.add((name,))
         for prop, node in schemas.load(name)["properties"].items():

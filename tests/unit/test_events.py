@@ -101,6 +101,7 @@ def test_failed_event_keeps_the_original_and_matches_its_schema() -> None:
         "message": "cannot decode",
         "retryable": False,
     }
+    assert event["original_event"] is not None
     assert event["original_event"]["call"] == {"call_id": "c-1"}
     assert event["original_raw"] is None
     assert event["event_id"] == event_id("failed", "r-1")
@@ -114,6 +115,7 @@ def test_failed_event_of_unreadable_bytes_keeps_them_as_text() -> None:
     )
     schemas.validator("failed").validate(event)
     assert event["original_event"] is None
+    assert event["original_raw"] is not None
     assert "garbage" in event["original_raw"]
 
 

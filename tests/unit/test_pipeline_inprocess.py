@@ -136,5 +136,6 @@ async def test_an_audio_reference_outside_the_roots_fails_before_recognition(
     elsewhere.write_bytes(SPEECH.read_bytes())
     failed = await pipeline.process(_event("rec-3", elsewhere.as_uri()))
     assert [event["type"] for _, _, event, _ in sender.sent] == ["failed"]
+    assert failed["type"] == "failed"
     assert failed["error"]["stage"] == "fetch"
     assert recogniser.requests == []
