@@ -89,11 +89,6 @@ class PipelineRules:
     """The model name the recogniser serves for a requested one (the region's suffix)."""
 
 
-def _retry_backoff(exc: Exception) -> bool | float:
-    """Retry transient errors only, waiting what the server asked for when it said."""
-    return retry_wait(exc)  # the one policy, in streams/errors.py
-
-
 class Pipeline:
     """Processes recording events into transcript events with shared clients and bounds."""
 
@@ -324,7 +319,7 @@ class Pipeline:
         attempt = 0
         result: Result | None = None
         async for retry in stamina.retry_context(
-            on=_retry_backoff,
+            on=retry_wait,  # transient errors only, as long as the server asked (errors.py)
             attempts=self._rules.attempts,
             timeout=None,  # the recording's deadline bounds the whole
             wait_initial=self._retry_wait[0],

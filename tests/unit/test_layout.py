@@ -11,6 +11,9 @@
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -50,6 +53,35 @@ def modules() -> dict[str, Path]:
     return {_name(path): path for path in sorted(ROOT.rglob("*.py"))}
 
 
+def _statements(path: Path) -> list[tuple[str | None, int, list[str]]]:
+    """The import statements of a file: ``(from-module, level, names)``; ``import a, b`` gives
+    ``(None, 0, ["a", "b"])``."""
+    found: list[tuple[str | None, int, list[str]]] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.append((None, 0, [alias.name for alias in node.names]))
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module or "", node.level, [alias.name for alias in node.names]))
+    return found
+
+
+@cache
+def statements() -> dict[str, list[tuple[str | None, int, list[str]]]]:
+    """Every module's import statements, read by a separate interpreter.
+
+    CPython 3.11.7's ast.parse can fail with "AST constructor recursion depth mismatch" late
+    in a long test session (a fresh process does not); this file, run as a script, reads them.
+    """
+    names = modules()
+    done = subprocess.run(
+        [sys.executable, __file__, *(str(path) for path in names.values())],
+        capture_output=True,
+        check=True,
+    )
+    by_path = json.loads(done.stdout)
+    return {name: [tuple(s) for s in by_path[str(path)]] for name, path in names.items()}
+
+
 @cache
 def imports(module: str) -> frozenset[str]:
     """Everything ``module`` imports, as dotted names (a name imported from a package that is
@@ -57,20 +89,19 @@ def imports(module: str) -> frozenset[str]:
     path = modules()[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                base = ".".join([*anchor, base] if base else anchor)
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
+    for base, level, names in statements()[module]:
+        if base is None:
+            found.update(names)
+            continue
+        if level:
+            anchor = package.split(".")[: len(package.split(".")) - (level - 1)]
+            base = ".".join([*anchor, base] if base else anchor)
+        found.add(base)
+        found.update(f"{base}.{name}" for name in names)
+    # "from streams.events import failed_event" names streams.events.failed_event: drop such
+    # names, keep modules of the package and everything outside it.
     known = modules()
-    return frozenset(
-        name for name in found if name in known or "." not in name or not name.startswith("streams")
-    )
+    return frozenset(name for name in found if name in known or not name.startswith("streams."))
 
 
 def _internal(module: str) -> set[str]:
@@ -148,3 +179,7 @@ def test_the_worker_never_imports_the_asr_server() -> None:
         todo.extend(_internal(module))
     assert {m for m in seen if m.startswith("streams.asr_server")} == set()
     assert "streams.pipeline" in seen  # the walk does reach the worker's modules
+
+
+if __name__ == "__main__":
+    print(json.dumps({path: _statements(Path(path)) for path in sys.argv[1:]}))
