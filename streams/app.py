@@ -1,27 +1,27 @@
-"""Wiring: the faust App, its topics, and the shared clients the agent's pipeline uses."""
+"""The faust App: its settings, topics, ledger table, timers and rebalance hooks.
+
+The worker's parts come from the composition root (streams/runtime.py); the agent from
+streams/agents.py.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import faust
-import httpx
 from faust.types import TP
+from mode.types.signals import BaseSignalT
 
-from streams.audiostages import AudioStages
+from streams.agents import register_agents
 from streams.config import Settings
-from streams.fetch import fetch_client
-from streams.idempotency import Ledger, LedgerPublisher
-from streams.metrics import MeteredBackend, MeteredPublisher, Metrics, add_metrics_page
+from streams.idempotency import Ledger
+from streams.metrics import Metrics, add_metrics_page
 from streams.offsets import rewind_uncommitted
-from streams.pipeline import Pipeline, fetch_limits
-from streams.publish import TopicNames
-from streams.ratelimit import RateLimitedBackend, RequestLimiter, Share, SlotPlan
-from streams.transcribe import DashScopeBackend, OpenAIBackend, RecognitionBackend, asr_client
+from streams.runtime import Runtime
 
-__all__ = ["FaustSender", "Runtime", "create_app"]
+__all__ = ["FaustSender", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -43,100 +43,8 @@ class FaustSender:
             await pending
 
 
-class Runtime:
-    """The worker's shared HTTP client and pipeline, created on first use, closed at shutdown."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        sender: FaustSender,
-        metrics: Metrics | None = None,
-        ledger: Ledger | None = None,
-    ) -> None:
-        self.settings = settings
-        self.metrics = metrics if metrics is not None else Metrics()
-        self._sender = sender
-        self._ledger = ledger
-        # The worker's share of the account's quota: created before the first rebalance,
-        # which hands it the partitions whose time slots it may send in.
-        self.limiter = RequestLimiter(
-            SlotPlan(settings.asr_requests_per_minute, settings.topic_partitions)
-        )
-        self._http: httpx.AsyncClient | None = None
-        self._fetch_http: httpx.AsyncClient | None = None
-        self._pipeline: Pipeline | None = None
-        self._publisher: Any = None
-        self.stages = AudioStages(settings.audio_processes)
-        """Where decode, VAD and encoding run (streams/audiostages.py)."""
-
-    def publisher(self) -> Any:
-        """The pipeline's publisher (metered, and keeping finals in the ledger)."""
-        self.pipeline()
-        return self._publisher
-
-    def pipeline(self) -> Pipeline:
-        """The pipeline, built inside the running event loop the first time it is asked for."""
-        if self._pipeline is None:
-            s = self.settings
-            self._http = asr_client(
-                s.asr_http_transport,
-                connect_timeout_s=s.asr_connect_timeout_s,
-                read_timeout_s=s.asr_read_timeout_s,
-                concurrency=s.asr_concurrency,
-            )
-            backend_cls: type[DashScopeBackend | OpenAIBackend] = (
-                DashScopeBackend if s.asr_backend == "dashscope" else OpenAIBackend
-            )
-            backend: RecognitionBackend = backend_cls(
-                self._http, s.resolved_asr_base_url, s.resolved_api_key
-            )
-            backend = MeteredBackend(backend, self.metrics)
-            # Outermost, so that every request (retries and re-sends after a 429 included)
-            # waits for a slot of the worker's partitions, and a 429 pauses all of them
-            # (ratelimit.py).
-            backend = RateLimitedBackend(backend, self.limiter)
-            topics = TopicNames(partial=s.topic_partial, final=s.topic_final, failed=s.topic_failed)
-            # Audio downloads get their own guarded client: it never carries the API key and
-            # connects only to the addresses the SSRF guard checked.
-            self._fetch_http = fetch_client(fetch_limits(s))
-            publisher: Any = MeteredPublisher(self._sender, topics, self.metrics)
-            if self._ledger is not None:
-                # Each final is kept in the ledger before it goes out (idempotency.py).
-                publisher = LedgerPublisher(publisher, self._ledger)
-            self._publisher = publisher
-            self.stages.start()
-            self._pipeline = Pipeline(s, backend, publisher, self._fetch_http, stages=self.stages)
-            log.info(
-                "recognition via %s backend at %s, model %s",
-                backend.name,
-                s.resolved_asr_base_url,
-                s.asr_model,
-            )
-        return self._pipeline
-
-    def hold_partitions(self, partitions: Iterable[int]) -> Share:
-        """Split the quota again: the worker now holds ``partitions`` of the recordings topic."""
-        share = self.limiter.assign(partitions)
-        self.metrics.rate_share_partitions.set(len(share.partitions))
-        self.metrics.rate_share_rpm.set(share.requests_per_minute)
-        return share
-
-    def release_partitions(self, partitions: Iterable[int]) -> Share:
-        """Give up the slots of revoked ``partitions`` of the recordings topic."""
-        return self.hold_partitions(set(self.limiter.share.partitions) - set(partitions))
-
-    async def close(self) -> None:
-        """Close the HTTP clients and stop the audio processes."""
-        for client in (self._http, self._fetch_http):
-            if client is not None:
-                await client.aclose()
-        await self.stages.close()
-
-
 def create_app(settings: Settings) -> faust.App:
     """Build the faust App with its topics and the transcription agent."""
-    from streams.agents import register_agents  # agents import the app's types
-
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
@@ -159,7 +67,7 @@ def create_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=32,
         broker_max_poll_records=16,
         # On revoke faust waits for in-flight recordings; a long call must not miss the
-        # rebalance window (kafka-faust.md §3.2).
+        # rebalance window (docs/kafka-faust.md §3.2).
         broker_rebalance_timeout=max(60.0, settings.recording_deadline_s + 60.0),
         stream_processing_timeout=settings.recording_deadline_s + 60.0,
         broker_commit_livelock_soft_timeout=settings.recording_deadline_s + 60.0,
@@ -183,27 +91,38 @@ def create_app(settings: Settings) -> faust.App:
         retention_s=settings.finalized_retention_s,
     )
     runtime = Runtime(settings, FaustSender(outputs), metrics, ledger)
-    register_agents(app, recordings, runtime, ledger)
+    register_agents(app, recordings, runtime)
 
-    @app.timer(interval=min(3600.0, settings.finalized_retention_s))
     async def _forget_expired_outcomes() -> None:
         if forgotten := ledger.forget_expired():
             log.info("forgot %d recording outcomes older than the retention", forgotten)
+
+    app.timer(interval=min(3600.0, settings.finalized_retention_s))(_forget_expired_outcomes)
 
     # The quota follows the partitions (ratelimit.py). faust sends "revoked" only once the
     # in-flight recordings of the old assignment are done, and the eager rebalance protocol
     # hands a partition to its next owner only after every member revoked: the slots of two
     # workers never overlap. "assigned" carries the whole new assignment, tables' included.
-    @app.on_partitions_revoked.connect
     async def _release_rate_share(app: faust.App, revoked: set[TP], **kwargs: object) -> None:
         runtime.release_partitions(tp.partition for tp in revoked if tp.topic == recordings_name)
 
-    @app.on_partitions_assigned.connect
     async def _split_rate_share(app: faust.App, assigned: set[TP], **kwargs: object) -> None:
         runtime.hold_partitions(tp.partition for tp in assigned if tp.topic == recordings_name)
 
-    @app.on_before_shutdown.connect
     async def _close_runtime(app: faust.App, **kwargs: object) -> None:
         await runtime.close()
 
+    _connect(app.on_partitions_revoked, _release_rate_share)
+    _connect(app.on_partitions_assigned, _split_rate_share)
+    _connect(app.on_before_shutdown, _close_runtime)
+
     return app
+
+
+def _connect(signal: BaseSignalT[Any], receiver: Callable[..., Awaitable[None]]) -> None:
+    """Connect ``receiver`` to a faust signal.
+
+    faust types a receiver as taking any positional arguments; ours name the ones the signal
+    sends, which mypy cannot match against that: this signature erases the names.
+    """
+    signal.connect(receiver)

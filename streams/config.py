@@ -10,19 +10,17 @@ values they need.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, FilePath, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streams.api_limits import MAX_DATA_URI_BYTES
-
-if TYPE_CHECKING:
-    from streams.kafka_security import KafkaSecurity
+from streams.kafka_security import KafkaSecurity
 
 __all__ = ["DASHSCOPE_REGIONS", "LOCAL_ASR_URL", "Settings"]
 
-# Native API hosts per region (dashscope-protocol.md §0). US model names carry "-us".
+# Native API hosts per region (docs/dashscope-protocol.md §0). US model names carry "-us".
 DASHSCOPE_REGIONS = {
     "intl": "https://dashscope-intl.aliyuncs.com",
     "cn": "https://dashscope.aliyuncs.com",
@@ -31,7 +29,7 @@ DASHSCOPE_REGIONS = {
 LOCAL_ASR_URL = "http://127.0.0.1:8765"
 
 
-def _kafka_env(name: str, default: object = None, **kwargs: object) -> Any:
+def _kafka_env(name: str, default: object = None, **kwargs: Any) -> Any:
     """A field read from ``NAME`` as Kafka users spell it, or from ``STREAMS_NAME``."""
     return Field(default=default, validation_alias=AliasChoices(name, f"STREAMS_{name}"), **kwargs)
 
@@ -189,14 +187,12 @@ class Settings(BaseSettings):
         # Combinations are checked where the clients are built, so no path skips the check;
         # here it runs once at start, so a wrong combination stops every command before it
         # connects (a ValueError names the variables).
-        from streams.kafka_security import KafkaSecurity
-
-        KafkaSecurity.from_settings(self)
+        _ = self.kafka_security
         return self
 
     @model_validator(mode="after")
     def _region_rules(self) -> Settings:
-        # The US region serves no OpenAI-compatible mode (dashscope-protocol notes, §0).
+        # The US region serves no OpenAI-compatible mode (docs/dashscope-protocol.md §0).
         if self.dashscope_region == "us" and self.asr_backend == "openai" and not self.asr_base_url:
             raise ValueError(
                 "the US region has no OpenAI-compatible mode: use asr_backend dashscope"
@@ -222,9 +218,16 @@ class Settings(BaseSettings):
     @property
     def kafka_security(self) -> KafkaSecurity:
         """How this process's Kafka clients authenticate and encrypt (kafka_security.py)."""
-        from streams.kafka_security import KafkaSecurity
-
-        return KafkaSecurity.from_settings(self)
+        return KafkaSecurity.load(
+            protocol=self.kafka_security_protocol,
+            mechanism=self.kafka_sasl_mechanism,
+            username=self.kafka_sasl_username,
+            password=self.kafka_sasl_password,
+            password_file=self.kafka_sasl_password_file,
+            cafile=self.kafka_ssl_cafile,
+            certfile=self.kafka_ssl_certfile,
+            keyfile=self.kafka_ssl_keyfile,
+        )
 
     @property
     def resolved_asr_base_url(self) -> str:

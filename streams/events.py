@@ -7,19 +7,23 @@ hold every produced event to its schema). Serialization is orjson, with its opti
 
 from __future__ import annotations
 
+import collections
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # no stubs installed (types-jsonschema)
 import orjson
 
 import schemas
 from streams.api_limits import MAX_CONTEXT_TOKENS, count_tokens
-from streams.chunking import Plan
+from streams.chunking import Plan, Request
 from streams.errors import InvalidEvent, PipelineError
+from streams.event_types import FailedEvent, FinalEvent, PartialEvent, Segment, Timings, Turn
 from streams.netguard import redact_urls
+from streams.transcribe import Result
 
 __all__ = [
     "EVENT_NAMESPACE",
@@ -28,9 +32,12 @@ __all__ = [
     "dumps",
     "event_id",
     "failed_event",
+    "final_event",
     "now_iso",
     "parse_recording",
+    "partial_event",
     "recording_id_of",
+    "turns_of",
 ]
 
 # UUIDv5 namespace of this service's event ids: the same recording id gives the same final
@@ -39,7 +46,7 @@ EVENT_NAMESPACE = uuid.UUID("6f0f3c1e-5a55-4c1f-9a43-2b7f3b4c8d10")
 Layout = Literal["mix", "split", "auto"]
 
 
-def dumps(event: dict[str, Any]) -> bytes:
+def dumps(event: Mapping[str, Any]) -> bytes:
     """Serialize an event: UTF-8 JSON, keys in insertion order, datetimes as RFC 3339 'Z'."""
     return orjson.dumps(event, option=orjson.OPT_UTC_Z)
 
@@ -155,6 +162,152 @@ def parse_recording(raw: bytes, defaults: RecognitionDefaults) -> Recording:
     )
 
 
+def partial_event(
+    recording_id: str,
+    *,
+    run: int,
+    attempt: int,
+    sequence: int,
+    channel: int,
+    role: str | None,
+    chunk_index: int,
+    chunk_start_s: float,
+    delta: str,
+    text: str,
+) -> PartialEvent:
+    """One delta of one request: ``text`` is the request's transcript so far."""
+    return {
+        "schema_version": schemas.SCHEMA_VERSION,
+        "type": "partial",
+        "recording_id": recording_id,
+        "run": run,
+        "attempt": attempt,
+        "sequence": sequence,
+        "channel": channel,
+        "role": role,
+        "chunk_index": chunk_index,
+        "chunk_start_s": round(chunk_start_s, 3),
+        "delta": delta,
+        "text": text,
+        "emitted_at": now_iso(),
+    }
+
+
+def final_event(
+    recording: Recording,
+    results: Sequence[tuple[Request, Result]],
+    *,
+    plan: Plan,
+    split: bool,
+    audio_seconds: float,
+    attempts: int,
+    timings: Mapping[str, float | None],
+    backend: str,
+    price_per_second_usd: float,
+) -> FinalEvent:
+    """The final event of a recording from its requests' results, in request order.
+
+    ``split``: the channels were transcribed apart, so the event carries the conversation as
+    turns and its text as ``role: text`` lines.
+    """
+    segments: list[Segment] = []
+    for request, result in results:
+        text = result.text.strip()
+        if not text:
+            continue
+        segment: Segment = {
+            "channel": request.channel,
+            "role": request.role,
+            "start_s": round(request.speech_start_s, 3),
+            "end_s": round(request.speech_end_s, 3),
+            "text": text,
+            "language": result.language,
+            "emotion": result.emotion,
+            "stretches": [
+                [round(a / request.sample_rate, 3), round(b / request.sample_rate, 3)]
+                for a, b in request.stretches
+            ],
+        }
+        if result.truncated:
+            segment["truncated"] = True
+        segments.append(segment)
+    segments.sort(key=lambda s: (s["start_s"], s["channel"]))
+    turns = turns_of(segments) if split else []
+    if split:
+        text = "\n".join(f"{turn['role']}: {turn['text']}" for turn in turns)
+    else:
+        text = " ".join(s["text"] for s in segments)
+    billed = sum(result.billed_seconds for _, result in results)
+    requests = [request for request, _ in results]
+    return {
+        "schema_version": schemas.SCHEMA_VERSION,
+        "type": "final",
+        "event_id": event_id("final", recording.recording_id),
+        "recording_id": recording.recording_id,
+        "text": text,
+        "language": _most_common(s["language"] for s in segments),
+        "emotion": _most_common(s["emotion"] for s in segments),
+        "segments": segments,
+        "turns": turns,
+        "plan": plan,
+        "audio_seconds": round(audio_seconds, 3),
+        "speech_seconds": round(sum(r.speech_s for r in requests), 3),
+        "sent_seconds": round(sum(r.duration_s for r in requests), 3),
+        "billed_seconds": billed,
+        "estimated_cost_usd": round(billed * price_per_second_usd, 6),
+        "backend": backend,
+        "model": recording.model,
+        "request_ids": [r.request_id for _, r in results if r.request_id],
+        "attempts": max(attempts, 1),
+        "timings": _rounded(timings),
+        "call": recording.call,
+        "completed_at": now_iso(),
+    }
+
+
+def turns_of(segments: Iterable[Segment]) -> list[Turn]:
+    """The conversation: segments in order of start, consecutive ones of one role joined.
+
+    Times come from the requests (the recogniser returns text per request, not per word), so
+    a turn is as precise as the speech regions the VAD found around it.
+    """
+    turns: list[Turn] = []
+    for segment in segments:
+        if turns and turns[-1]["role"] == segment["role"]:
+            turns[-1]["end_s"] = max(turns[-1]["end_s"], segment["end_s"])
+            turns[-1]["text"] += " " + segment["text"]
+            continue
+        turns.append(
+            {
+                "role": segment["role"],
+                "channel": segment["channel"],
+                "start_s": segment["start_s"],
+                "end_s": segment["end_s"],
+                "text": segment["text"],
+            }
+        )
+    return turns
+
+
+def _most_common(values: Iterable[str | None]) -> str | None:
+    counts = collections.Counter(v for v in values if v)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _rounded(timings: Mapping[str, float | None]) -> Timings:
+    def r(name: str) -> float:
+        return round(timings.get(name) or 0.0, 4)
+
+    first = timings.get("first_delta_s")
+    return {
+        "fetch_s": r("fetch_s"),
+        "decode_s": r("decode_s"),
+        "transcribe_s": r("transcribe_s"),
+        "first_delta_s": round(first, 4) if first is not None else None,
+        "total_s": r("total_s"),
+    }
+
+
 def failed_event(
     error: PipelineError,
     *,
@@ -162,7 +315,7 @@ def failed_event(
     recording: Recording | None,
     recording_id: str | None,
     attempts: int,
-) -> dict[str, Any]:
+) -> FailedEvent:
     """The failed event for ``error``, carrying the original event (or its raw bytes)."""
     original: dict[str, Any] | None = recording.original if recording else None
     if original is None:

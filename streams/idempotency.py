@@ -27,9 +27,9 @@ What the agent does with it (:meth:`Ledger.answered`):
   failed ``worker_crashed`` once it has had ``STREAMS_MAX_STARTS`` starts (:meth:`Ledger.begin`
   writes the entry, and waits for the broker, before the risky stages run).
 
-The order of writes (:class:`LedgerPublisher` and the agent) is: the *publishing* entry (with
-the final event) is acknowledged by the broker, then the final event, then the *final* entry,
-then the offset commit. So a recording whose recogniser requests succeeded is never sent to
+The order of writes (:class:`LedgerPublisher` and streams/answer.py) is: the *publishing* entry
+(with the final event) is acknowledged by the broker, then the final event, then the *final*
+entry, then the offset commit. So a recording whose recogniser requests succeeded is never sent to
 the recogniser again, whatever crashes. What remains:
 
 - a crash after the recogniser answered but before the *publishing* entry is acknowledged
@@ -48,13 +48,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import faust
 
 from streams.crashloop import Run
+from streams.event_types import FailedEvent, FinalEvent, TerminalEvent
 from streams.events import now_iso
-from streams.publish import Publisher
+from streams.publish import EventPublisher
 
 __all__ = ["Ledger", "LedgerPublisher", "Outcome", "Starts", "changelog_configs", "changelog_topic"]
 
@@ -87,7 +88,7 @@ class Outcome:
     source: str
     """``topic[partition]@offset`` of the recording event that was answered."""
     at: str
-    event: dict[str, Any] | None = None
+    event: FinalEvent | None = None
     """The final event itself, kept only while ``publishing``."""
 
     @classmethod
@@ -96,11 +97,15 @@ class Outcome:
         if not isinstance(value, dict):
             return None
         try:
-            fields = [str(value[name]) for name in ("outcome", "event_id", "source", "at")]
+            outcome, event_id, source, at = (
+                str(value[name]) for name in ("outcome", "event_id", "source", "at")
+            )
         except KeyError:
             return None
         event = value.get("event")
-        return cls(*fields, event=event if isinstance(event, dict) else None)
+        # Written by this module from a FinalEvent (record_intent), read back as JSON.
+        kept = cast(FinalEvent, event) if isinstance(event, dict) else None
+        return cls(outcome, event_id, source, at, event=kept)
 
 
 @dataclass(frozen=True)
@@ -141,15 +146,19 @@ class Ledger:
 
     def __init__(self, app: faust.App, *, partitions: int, store: str, retention_s: float) -> None:
         self._retention_s = retention_s
-        self.table: faust.Table[str, dict[str, str]] = app.Table(
-            TABLE_NAME,
-            key_type=str,
-            value_type=None,  # JSON objects (faust's json codec)
-            partitions=partitions,
-            store=store,
-            help="Terminal outcome of each recording id, for idempotent redelivery.",
-            # The worker creates the topic with these before faust starts (streams/topics.py).
-            extra_topic_configs=changelog_configs(retention_s),
+        # app.Table is typed as returning the abstract TableT; it builds a faust.Table.
+        self.table = cast(
+            "faust.Table[str, dict[str, Any]]",
+            app.Table(
+                TABLE_NAME,
+                key_type=str,
+                value_type=None,  # JSON objects (faust's json codec)
+                partitions=partitions,
+                store=store,
+                help="Terminal outcome of each recording id, for idempotent redelivery.",
+                # The worker creates the topic with these before faust starts (streams/topics.py).
+                extra_topic_configs=changelog_configs(retention_s),
+            ),
         )
 
     def forget_expired(self) -> int:
@@ -215,20 +224,20 @@ class Ledger:
         )
         return run
 
-    async def record(self, event: dict[str, Any], source: str) -> None:
+    async def record(self, event: TerminalEvent, source: str) -> None:
         """Remember the terminal ``event`` (once the broker has it) and wait for the changelog.
 
         Must run inside the agent's iteration: the write goes to the changelog partition of
         the current event. Events without a recording id (unreadable ones) are not recorded.
         """
-        await self._write(event, source, str(event["type"]))
+        await self._write(event, source, event["type"])
 
-    async def record_intent(self, final: dict[str, Any], source: str) -> None:
+    async def record_intent(self, final: FinalEvent, source: str) -> None:
         """Keep ``final`` as *publishing* before it is published (see the module docstring)."""
         await self._write(final, source, "publishing", keep_event=True)
 
     async def _write(
-        self, event: dict[str, Any], source: str, outcome: str, *, keep_event: bool = False
+        self, event: TerminalEvent, source: str, outcome: str, *, keep_event: bool = False
     ) -> None:
         recording_id = event.get("recording_id")
         if not recording_id:
@@ -259,7 +268,7 @@ class LedgerPublisher:
     Wraps the pipeline's publisher; partial and failed events pass straight through.
     """
 
-    def __init__(self, inner: Publisher, ledger: Ledger) -> None:
+    def __init__(self, inner: EventPublisher, ledger: Ledger) -> None:
         self._inner = inner
         self._ledger = ledger
 
@@ -267,25 +276,19 @@ class LedgerPublisher:
         """Publish one delta, as the inner publisher does."""
         await self._inner.partial(recording_id, **fields)
 
-    async def final(self, event: dict[str, Any]) -> None:
-        """Record the *publishing* entry, then publish ``event`` and wait for the broker."""
-        where = current_source()
-        if where is not None:
-            await self._ledger.record_intent(event, where)
-        await self._inner.final(event)
+    async def final(self, event: FinalEvent, *, source: str = "") -> None:
+        """Record the *publishing* entry, then publish ``event`` and wait for the broker.
 
-    async def failed(self, event: dict[str, Any]) -> None:
+        ``source`` is the recording event being answered; without one (outside the agent)
+        there is no changelog partition to write to, and nothing is recorded.
+        """
+        if source:
+            await self._ledger.record_intent(event, source)
+        await self._inner.final(event, source=source)
+
+    async def failed(self, event: FailedEvent) -> None:
         """Publish a failed event, as the inner publisher does."""
         await self._inner.failed(event)
-
-
-def current_source() -> str | None:
-    """``topic[partition]@offset`` of the event the agent is processing, if any."""
-    event = faust.current_event()
-    if event is None:
-        return None
-    message = event.message
-    return f"{message.topic}[{message.partition}]@{message.offset}"
 
 
 def _iso_ago(seconds: float) -> str:

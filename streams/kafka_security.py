@@ -18,9 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 from pydantic import SecretStr
 
 if TYPE_CHECKING:
-    import faust.types
-
-    from streams.config import Settings
+    from faust.types.auth import CredentialsT
 
 __all__ = ["PLAINTEXT", "KafkaSecurity", "SaslMechanism", "SecurityProtocol"]
 
@@ -111,23 +109,36 @@ class KafkaSecurity:
             self.ssl_context()  # a bad PEM file stops the start, not the first connection
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> KafkaSecurity:
-        """The security of ``settings``; the password file is read here."""
-        password = settings.kafka_sasl_password
-        if password is not None and settings.kafka_sasl_password_file is not None:
+    def load(
+        cls,
+        *,
+        protocol: SecurityProtocol = "PLAINTEXT",
+        mechanism: SaslMechanism | None = None,
+        username: str | None = None,
+        password: SecretStr | None = None,
+        password_file: Path | None = None,
+        cafile: Path | None = None,
+        certfile: Path | None = None,
+        keyfile: Path | None = None,
+    ) -> KafkaSecurity:
+        """The security of these values; ``password_file`` (a mounted secret) is read here.
+
+        Plain values, not the settings object: streams/config.py calls this, so this module
+        never imports the settings.
+        """
+        if password is not None and password_file is not None:
             raise ValueError("set KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE, not both")
-        if settings.kafka_sasl_password_file is not None:
+        if password_file is not None:
             # A mounted secret often ends in a newline that is not part of the password.
-            text = settings.kafka_sasl_password_file.read_text().strip()
-            password = SecretStr(text)
+            password = SecretStr(password_file.read_text().strip())
         return cls(
-            protocol=settings.kafka_security_protocol,
-            mechanism=settings.kafka_sasl_mechanism,
-            username=settings.kafka_sasl_username,
+            protocol=protocol,
+            mechanism=mechanism,
+            username=username,
             password=password,
-            cafile=settings.kafka_ssl_cafile,
-            certfile=settings.kafka_ssl_certfile,
-            keyfile=settings.kafka_ssl_keyfile,
+            cafile=cafile,
+            certfile=certfile,
+            keyfile=keyfile,
         )
 
     @property
@@ -147,7 +158,7 @@ class KafkaSecurity:
 
     def describe(self) -> str:
         """A one-line summary for logs and errors, without the password."""
-        text = self.protocol
+        text: str = self.protocol
         if self.sasl:
             text += f" {self.mechanism} as {self.username!r}"
         if self.certfile is not None:
@@ -160,7 +171,7 @@ class KafkaSecurity:
         With ``password_file`` the password is referred to (KAFKA_SASL_PASSWORD_FILE), not
         copied into the environment.
         """
-        env = {"KAFKA_SECURITY_PROTOCOL": self.protocol}
+        env: dict[str, str] = {"KAFKA_SECURITY_PROTOCOL": self.protocol}
         if self.sasl:
             assert self.mechanism is not None
             assert self.username is not None
@@ -190,9 +201,10 @@ class KafkaSecurity:
         from aiokafka.helpers import create_ssl_context
 
         try:
-            return create_ssl_context(
+            context: ssl.SSLContext = create_ssl_context(
                 cafile=self.cafile, certfile=self.certfile, keyfile=self.keyfile
             )
+            return context
         except (ssl.SSLError, OSError) as exc:
             files = ", ".join(
                 f"{name}={path}"
@@ -217,7 +229,7 @@ class KafkaSecurity:
             kwargs["sasl_plain_password"] = self.password.get_secret_value()
         return kwargs
 
-    def faust_credentials(self) -> faust.types.CredentialsT | None:
+    def faust_credentials(self) -> CredentialsT | None:
         """faust's ``broker_credentials`` for the App: the same login and TLS as the clients."""
         import faust
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from typing import Any, cast
 
 import faust
 from prometheus_client import (
@@ -29,6 +29,7 @@ from prometheus_client import (
 )
 
 from streams.errors import PipelineError, TransientError
+from streams.event_types import FailedEvent, FinalEvent
 from streams.publish import Publisher, Sender, TopicNames
 from streams.transcribe import Delta, RecognitionBackend, RecognitionOptions, Result
 
@@ -152,7 +153,7 @@ class Metrics:
         finally:
             self.in_flight.dec()
 
-    def observe_final(self, event: dict[str, Any]) -> None:
+    def observe_final(self, event: Mapping[str, Any]) -> None:
         """Account for a published final event."""
         self.completed.inc()
         self.audio_seconds.inc(event.get("audio_seconds") or 0)
@@ -163,7 +164,7 @@ class Metrics:
             if key.endswith("_s") and isinstance(value, int | float):
                 self.stage_seconds.labels(stage=key.removesuffix("_s")).observe(value)
 
-    def observe_failed(self, event: dict[str, Any]) -> None:
+    def observe_failed(self, event: Mapping[str, Any]) -> None:
         """Account for a published failed event."""
         self.failed.labels(code=(event.get("error") or {}).get("code") or "internal_error").inc()
 
@@ -196,7 +197,11 @@ class MeteredBackend:
         status = "asr_stream_cut"  # the stream ended without a result
         first_delta = True
         try:
-            async with contextlib.aclosing(self._inner.stream(audio_uri, options)) as stream:
+            # Every backend streams with an async generator, which aclosing() needs.
+            inner = cast(
+                AsyncGenerator[Delta | Result, None], self._inner.stream(audio_uri, options)
+            )
+            async with contextlib.aclosing(inner) as stream:
                 async for item in stream:
                     if isinstance(item, Result):
                         status = "ok"
@@ -240,12 +245,12 @@ class MeteredPublisher(Publisher):
         await super().partial(recording_id, **fields)
         self._metrics.partial_events.inc()
 
-    async def final(self, event: dict[str, Any]) -> None:
+    async def final(self, event: FinalEvent, *, source: str = "") -> None:
         """Publish a final event, then account for its audio, cost and timings."""
-        await super().final(event)
+        await super().final(event, source=source)
         self._metrics.observe_final(event)
 
-    async def failed(self, event: dict[str, Any]) -> None:
+    async def failed(self, event: FailedEvent) -> None:
         """Publish a failed event, then count it under its error code."""
         await super().failed(event)
         self._metrics.observe_failed(event)

@@ -100,7 +100,8 @@ class _RewindingConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Seek to the committed offsets; partitions with none go where the reset policy says."""
-        return await self.call_thread(self._seek_to_committed_or_reset)
+        committed: Mapping[TP, int] = await self.call_thread(self._seek_to_committed_or_reset)
+        return committed
 
     async def _seek_to_committed_or_reset(self) -> Mapping[TP, int]:
         consumer = self._ensure_consumer()

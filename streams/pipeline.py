@@ -9,27 +9,25 @@ so the caller may then let the recording's offset be committed. Only a failure t
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import functools
 import logging
 import tempfile
 import time
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal, cast
 
 import httpx
 import stamina
 
-import schemas
 from streams.audiostages import AudioStages
 from streams.audiowork import Planned, decode_and_plan, request_uri
-from streams.chunking import ChunkPolicy, Request, max_chunk_seconds
-from streams.config import Settings
+from streams.chunking import ChunkPolicy, Request
 from streams.crashloop import FIRST_RUN, Run
-from streams.decode import SAMPLE_RATE, SpooledAudio
+from streams.decode import SpooledAudio
 from streams.errors import (
     DeadlineExceeded,
     PipelineError,
@@ -37,20 +35,20 @@ from streams.errors import (
     TransientError,
     retry_wait,
 )
+from streams.event_types import FailedEvent, FinalEvent, TerminalEvent
 from streams.events import (
     RecognitionDefaults,
     Recording,
-    event_id,
     failed_event,
-    now_iso,
+    final_event,
     parse_recording,
     recording_id_of,
 )
 from streams.fetch import FetchLimits, fetch
-from streams.publish import Publisher
-from streams.transcribe import RecognitionBackend, RecognitionOptions, Result
+from streams.publish import EventPublisher
+from streams.transcribe import Delta, RecognitionBackend, RecognitionOptions, Result
 
-__all__ = ["Pipeline", "chunk_policy", "fetch_limits"]
+__all__ = ["Pipeline", "PipelineRules"]
 
 log = logging.getLogger(__name__)
 
@@ -69,30 +67,26 @@ class _Progress:
     last_error: PipelineError | None = None
 
 
-def fetch_limits(settings: Settings) -> FetchLimits:
-    """The fetch stage's limits from the settings."""
-    return FetchLimits(
-        max_bytes=settings.max_audio_bytes,
-        timeout_s=settings.fetch_timeout_s,
-        file_roots=settings.file_roots,
-        allow_private_hosts=settings.allow_private_hosts,
-    )
+@dataclass(frozen=True)
+class PipelineRules:
+    """What the pipeline is allowed and told to do, ready-made (streams/runtime.py builds it)."""
 
-
-def chunk_policy(settings: Settings) -> ChunkPolicy:
-    """The planning stage's policy from the settings."""
-    return ChunkPolicy(
-        silence_s=settings.silence_threshold_s,
-        pad_s=settings.speech_pad_s,
-        max_chunk_s=max_chunk_seconds(
-            settings.max_request_s, settings.max_request_bytes, SAMPLE_RATE
-        ),
-    )
-
-
-def _retry_backoff(exc: Exception) -> bool | float:
-    """Retry transient errors only, waiting what the server asked for when it said."""
-    return retry_wait(exc)  # the one policy, in streams/errors.py
+    defaults: RecognitionDefaults
+    """Recognition options a recording event may override."""
+    fetch_limits: FetchLimits
+    chunk_policy: ChunkPolicy
+    split_plan: Literal["turns", "packed"]
+    max_audio_s: float
+    vad_aggressiveness: int
+    deadline_s: float
+    """The most one recording may take, from its event to its terminal event."""
+    attempts: int
+    """Attempts per request, retries included."""
+    concurrency: int
+    """Recognition requests in flight in the worker, across partitions."""
+    price_per_second_usd: float
+    model_for: Callable[[str], str] = str
+    """The model name the recogniser serves for a requested one (the region's suffix)."""
 
 
 class Pipeline:
@@ -100,50 +94,39 @@ class Pipeline:
 
     def __init__(
         self,
-        settings: Settings,
+        rules: PipelineRules,
         backend: RecognitionBackend,
-        publisher: Publisher,
+        publisher: EventPublisher,
         fetch_http: httpx.AsyncClient,
         *,
         retry_wait_initial_s: float = 0.5,
         retry_wait_max_s: float = 10.0,
         stages: AudioStages | None = None,
     ) -> None:
-        self._settings = settings
+        self._rules = rules
         self._stages = stages if stages is not None else AudioStages(0)
         self._backend = backend
         self._publisher = publisher
         self._fetch_http = fetch_http
-        self._policy = chunk_policy(settings)
         self._retry_wait = (retry_wait_initial_s, retry_wait_max_s)
         # Worker-wide bound on recognition requests in flight, across partitions.
-        self._slots = asyncio.Semaphore(settings.asr_concurrency)
+        self._slots = asyncio.Semaphore(rules.concurrency)
         self._in_flight = 0
         self.peak_in_flight = 0
         """Most requests (each holding its encoded chunk) in flight at once since start."""
-        self._defaults = RecognitionDefaults(
-            model=settings.asr_model,
-            language=settings.language,
-            enable_itn=settings.enable_itn,
-            context=settings.context,
-            layout=settings.channel_layout,
-            roles=settings.channel_roles,
-            mixed_languages=settings.mixed_languages,
-        )
-        self._limits = fetch_limits(settings)
 
-    async def process(self, raw: bytes, *, where: str = "", run: Run = FIRST_RUN) -> dict[str, Any]:
+    async def process(self, raw: bytes, *, where: str = "", run: Run = FIRST_RUN) -> TerminalEvent:
         """Turn one raw recording event into its published terminal event, and return it."""
         progress = _Progress(started=time.perf_counter(), run=run)
         recording: Recording | None = None
         try:
-            recording = parse_recording(raw, self._defaults)
-            async with asyncio.timeout(self._settings.recording_deadline_s):
+            recording = parse_recording(raw, self._rules.defaults)
+            async with asyncio.timeout(self._rules.deadline_s):
                 event = await self._transcribe(recording, progress)
         except TimeoutError:
             last = progress.last_error
             error: PipelineError = DeadlineExceeded(
-                f"recording not done within {self._settings.recording_deadline_s:.0f} s"
+                f"recording not done within {self._rules.deadline_s:.0f} s"
                 + (f"; last error: {last.message}" if last else "")
             )
             return await self._fail(error, raw, recording, progress, where)
@@ -155,7 +138,7 @@ class Pipeline:
             log.exception("unexpected error on recording at %s", where)
             error = PipelineError(f"internal error: {type(exc).__name__}: {exc}")
             return await self._fail(error, raw, recording, progress, where)
-        await self._publisher.final(event)
+        await self._publisher.final(event, source=where)
         log.info(
             "recording %s final at %s: %.1f s audio, %d requests, %.2f s total",
             event["recording_id"],
@@ -180,7 +163,7 @@ class Pipeline:
         recording: Recording | None,
         progress: _Progress,
         where: str,
-    ) -> dict[str, Any]:
+    ) -> FailedEvent:
         recording_id = recording.recording_id if recording else recording_id_of(raw)
         event = failed_event(
             error,
@@ -208,14 +191,16 @@ class Pipeline:
         )
         return event
 
-    async def _transcribe(self, recording: Recording, progress: _Progress) -> dict[str, Any]:
-        timings: dict[str, Any] = {}
+    async def _transcribe(self, recording: Recording, progress: _Progress) -> FinalEvent:
+        timings: dict[str, float | None] = {}
         t = time.perf_counter()
         # Decoded PCM waits on disk, one raw file per channel; only the requests in flight are
         # in memory, so a two-hour stereo call costs no more than a short one.
         with contextlib.ExitStack() as cleanup:
             spool = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="streams-")))
-            with await fetch(recording.audio_url, self._limits, self._fetch_http) as fetched:
+            with await fetch(
+                recording.audio_url, self._rules.fetch_limits, self._fetch_http
+            ) as fetched:
                 timings["fetch_s"] = time.perf_counter() - t
                 t = time.perf_counter()
                 # Both caps are checked before the first request: the size by fetch, the
@@ -223,10 +208,10 @@ class Pipeline:
                 decode = functools.partial(
                     decode_and_plan,
                     recording=recording,
-                    split_plan=self._settings.split_plan,
-                    max_duration_s=self._settings.max_audio_s,
-                    policy=self._policy,
-                    vad_aggressiveness=self._settings.vad_aggressiveness,
+                    split_plan=self._rules.split_plan,
+                    max_duration_s=self._rules.max_audio_s,
+                    policy=self._rules.chunk_policy,
+                    vad_aggressiveness=self._rules.vad_aggressiveness,
                 )
                 planned = await self._stages.run(
                     "decode", recording.recording_id, decode, fetched.path, spool
@@ -243,11 +228,11 @@ class Pipeline:
         recording: Recording,
         planned: Planned,
         progress: _Progress,
-        timings: dict[str, Any],
-    ) -> dict[str, Any]:
+        timings: dict[str, float | None],
+    ) -> FinalEvent:
         t = time.perf_counter()
         options = RecognitionOptions(
-            model=self._settings.model_for_region(recording.model),
+            model=self._rules.model_for(recording.model),
             language=recording.language,
             enable_itn=recording.enable_itn,
             context=recording.context,
@@ -279,10 +264,19 @@ class Pipeline:
             sum(request.duration_s for request in planned.requests),
             planned.audio.duration_s,
             self.peak_in_flight,
-            self._settings.asr_concurrency,
+            self._rules.concurrency,
         )
-        ordered = [(request, results[request]) for request in planned.requests]
-        return self._final_event(recording, planned, ordered, progress, timings)
+        return final_event(
+            recording,
+            [(request, results[request]) for request in planned.requests],
+            plan=planned.plan,
+            split=planned.split,
+            audio_seconds=planned.audio.duration_s,
+            attempts=progress.attempts,
+            timings=timings,
+            backend=self._backend.name,
+            price_per_second_usd=self._rules.price_per_second_usd,
+        )
 
     async def _recognize_channel(
         self,
@@ -325,8 +319,8 @@ class Pipeline:
         attempt = 0
         result: Result | None = None
         async for retry in stamina.retry_context(
-            on=_retry_backoff,
-            attempts=self._settings.asr_attempts,
+            on=retry_wait,  # transient errors only, as long as the server asked (errors.py)
+            attempts=self._rules.attempts,
             timeout=None,  # the recording's deadline bounds the whole
             wait_initial=self._retry_wait[0],
             wait_max=self._retry_wait[1],
@@ -369,7 +363,11 @@ class Pipeline:
                 )
                 progress.attempts += 1
                 text = ""
-                async with contextlib.aclosing(self._backend.stream(audio_uri, options)) as stream:
+                # Every backend streams with an async generator, which aclosing() needs.
+                items = cast(
+                    AsyncGenerator[Delta | Result, None], self._backend.stream(audio_uri, options)
+                )
+                async with contextlib.aclosing(items) as stream:
                     async for item in stream:
                         if isinstance(item, Result):
                             return item
@@ -392,7 +390,7 @@ class Pipeline:
         raise RecognitionStreamCut("recognition stream ended without a result")
 
     @contextlib.contextmanager
-    def _holding_slot(self) -> Any:
+    def _holding_slot(self) -> Iterator[None]:
         self._in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
         try:
@@ -400,99 +398,8 @@ class Pipeline:
         finally:
             self._in_flight -= 1
 
-    def _final_event(
-        self,
-        recording: Recording,
-        planned: Planned,
-        results: list[tuple[Request, Result]],
-        progress: _Progress,
-        timings: dict[str, Any],
-    ) -> dict[str, Any]:
-        segments = []
-        for request, result in results:
-            text = result.text.strip()
-            if not text:
-                continue
-            segment = {
-                "channel": request.channel,
-                "role": request.role,
-                "start_s": round(request.speech_start_s, 3),
-                "end_s": round(request.speech_end_s, 3),
-                "text": text,
-                "language": result.language,
-                "emotion": result.emotion,
-                "stretches": [
-                    [round(a / request.sample_rate, 3), round(b / request.sample_rate, 3)]
-                    for a, b in request.stretches
-                ],
-            }
-            if result.truncated:
-                segment["truncated"] = True
-            segments.append(segment)
-        segments.sort(key=lambda s: (s["start_s"], s["channel"]))
-        turns = _turns(segments) if planned.split else []
-        if planned.split:
-            text = "\n".join(f"{turn['role']}: {turn['text']}" for turn in turns)
-        else:
-            text = " ".join(s["text"] for s in segments)
-        billed = sum(result.billed_seconds for _, result in results)
-        requests = [request for request, _ in results]
-        return {
-            "schema_version": schemas.SCHEMA_VERSION,
-            "type": "final",
-            "event_id": event_id("final", recording.recording_id),
-            "recording_id": recording.recording_id,
-            "text": text,
-            "language": _most_common(s["language"] for s in segments),
-            "emotion": _most_common(s["emotion"] for s in segments),
-            "segments": segments,
-            "turns": turns,
-            "plan": planned.plan,
-            "audio_seconds": round(planned.audio.duration_s, 3),
-            "speech_seconds": round(sum(r.speech_s for r in requests), 3),
-            "sent_seconds": round(sum(r.duration_s for r in requests), 3),
-            "billed_seconds": billed,
-            "estimated_cost_usd": round(billed * self._settings.price_per_second_usd, 6),
-            "backend": self._backend.name,
-            "model": recording.model,
-            "request_ids": [r.request_id for _, r in results if r.request_id],
-            "attempts": max(progress.attempts, 1),
-            "timings": {k: (round(v, 4) if v is not None else None) for k, v in timings.items()},
-            "call": recording.call,
-            "completed_at": now_iso(),
-        }
-
 
 def _first(group: BaseExceptionGroup[PipelineError]) -> PipelineError:
     """The first error of a group that task groups may have nested (one per channel)."""
     first = group.exceptions[0]
     return _first(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _turns(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The conversation: segments in order of start, consecutive ones of one role joined.
-
-    Times come from the requests (the recogniser returns text per request, not per word), so
-    a turn is as precise as the speech regions the VAD found around it.
-    """
-    turns: list[dict[str, Any]] = []
-    for segment in segments:
-        if turns and turns[-1]["role"] == segment["role"]:
-            turns[-1]["end_s"] = max(turns[-1]["end_s"], segment["end_s"])
-            turns[-1]["text"] += " " + segment["text"]
-            continue
-        turns.append(
-            {
-                "role": segment["role"],
-                "channel": segment["channel"],
-                "start_s": segment["start_s"],
-                "end_s": segment["end_s"],
-                "text": segment["text"],
-            }
-        )
-    return turns
-
-
-def _most_common(values: Any) -> Any:
-    counts = collections.Counter(v for v in values if v)
-    return counts.most_common(1)[0][0] if counts else None

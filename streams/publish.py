@@ -9,12 +9,12 @@ only after its terminal event is safely published.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-import schemas
-from streams.events import dumps, now_iso
+from streams.event_types import FailedEvent, FinalEvent
+from streams.events import dumps, partial_event
 
-__all__ = ["Publisher", "Sender", "TopicNames"]
+__all__ = ["EventPublisher", "Publisher", "Sender", "TopicNames"]
 
 
 class Sender(Protocol):
@@ -22,6 +22,39 @@ class Sender(Protocol):
 
     async def send(self, topic: str, key: bytes, value: bytes, *, wait: bool) -> None:
         """Send ``value`` under ``key`` to ``topic``."""
+        ...
+
+
+class EventPublisher(Protocol):
+    """Where the pipeline's events go: :class:`Publisher` and the wrappers around it."""
+
+    async def partial(
+        self,
+        recording_id: str,
+        *,
+        run: int,
+        attempt: int,
+        sequence: int,
+        channel: int,
+        role: str | None,
+        chunk_index: int,
+        chunk_start_s: float,
+        delta: str,
+        text: str,
+    ) -> None:
+        """Publish one delta, without waiting for the broker."""
+        ...
+
+    async def final(self, event: FinalEvent, *, source: str = "") -> None:
+        """Publish a final event and wait for the broker.
+
+        ``source`` is ``topic[partition]@offset`` of the recording event it answers (empty
+        outside the agent); the ledger keeps it with the event (streams/idempotency.py).
+        """
+        ...
+
+    async def failed(self, event: FailedEvent) -> None:
+        """Publish a failed event and wait for the broker."""
         ...
 
 
@@ -56,32 +89,29 @@ class Publisher:
         text: str,
     ) -> None:
         """Publish one delta of one chunk, without waiting for the broker."""
-        event = {
-            "schema_version": schemas.SCHEMA_VERSION,
-            "type": "partial",
-            "recording_id": recording_id,
-            "run": run,
-            "attempt": attempt,
-            "sequence": sequence,
-            "channel": channel,
-            "role": role,
-            "chunk_index": chunk_index,
-            "chunk_start_s": round(chunk_start_s, 3),
-            "delta": delta,
-            "text": text,
-            "emitted_at": now_iso(),
-        }
+        event = partial_event(
+            recording_id,
+            run=run,
+            attempt=attempt,
+            sequence=sequence,
+            channel=channel,
+            role=role,
+            chunk_index=chunk_index,
+            chunk_start_s=chunk_start_s,
+            delta=delta,
+            text=text,
+        )
         await self._sender.send(
             self._topics.partial, recording_id.encode(), dumps(event), wait=False
         )
 
-    async def final(self, event: dict[str, Any]) -> None:
-        """Publish a final event and wait until the broker has it."""
+    async def final(self, event: FinalEvent, *, source: str = "") -> None:
+        """Publish a final event and wait until the broker has it (``source``: unused here)."""
         await self._sender.send(
             self._topics.final, event["recording_id"].encode(), dumps(event), wait=True
         )
 
-    async def failed(self, event: dict[str, Any]) -> None:
+    async def failed(self, event: FailedEvent) -> None:
         """Publish a failed event and wait until the broker has it."""
         key = (event["recording_id"] or event["event_id"]).encode()
         await self._sender.send(self._topics.failed, key, dumps(event), wait=True)

@@ -51,8 +51,9 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from streams.errors import RecognitionThrottled
 from streams.transcribe import Delta, RecognitionBackend, RecognitionOptions, Result
@@ -295,7 +296,7 @@ class RequestLimiter:
         """Pause every request for ``retry_after_s`` (or a doubling guess); return the pause."""
         self.throttles += 1
         if retry_after_s is None:
-            pause = min(self._max_pause_s, 0.5 * 2**self._unhinted)
+            pause = min(self._max_pause_s, 0.5 * 2.0**self._unhinted)
             self._unhinted += 1
         else:
             pause = min(self._max_pause_s, max(0.0, retry_after_s))
@@ -328,7 +329,11 @@ class RateLimitedBackend:
             await self._limiter.acquire()
             started = False
             try:
-                async with contextlib.aclosing(self._inner.stream(audio_uri, options)) as inner:
+                # Every backend streams with an async generator, which aclosing() needs.
+                stream = cast(
+                    AsyncGenerator[Delta | Result, None], self._inner.stream(audio_uri, options)
+                )
+                async with contextlib.aclosing(stream) as inner:
                     async for item in inner:
                         started = True
                         yield item

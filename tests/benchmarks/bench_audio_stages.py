@@ -41,7 +41,7 @@ from streams.audiowork import decode_and_plan, request_uri
 from streams.config import Settings
 from streams.decode import SAMPLE_RATE
 from streams.events import RecognitionDefaults, parse_recording
-from streams.pipeline import chunk_policy
+from streams.runtime import chunk_policy
 from tests.audio import asset, conversation_script, stereo_call, transcode, write_wav
 from tests.benchmarks.harness import cpu_seconds, memory_kib, percentile
 

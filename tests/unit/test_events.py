@@ -8,14 +8,17 @@ import orjson
 import pytest
 
 import schemas
+from streams.chunking import Request
 from streams.errors import InvalidEvent, RecognitionThrottled, UndecodableAudio
 from streams.events import (
     EVENT_NAMESPACE,
     RecognitionDefaults,
     event_id,
     failed_event,
+    final_event,
     parse_recording,
 )
+from streams.transcribe import Result
 
 DEFAULTS = RecognitionDefaults(model="qwen3-asr-flash", language=None, context="default context")
 
@@ -98,6 +101,7 @@ def test_failed_event_keeps_the_original_and_matches_its_schema() -> None:
         "message": "cannot decode",
         "retryable": False,
     }
+    assert event["original_event"] is not None
     assert event["original_event"]["call"] == {"call_id": "c-1"}
     assert event["original_raw"] is None
     assert event["event_id"] == event_id("failed", "r-1")
@@ -111,6 +115,7 @@ def test_failed_event_of_unreadable_bytes_keeps_them_as_text() -> None:
     )
     schemas.validator("failed").validate(event)
     assert event["original_event"] is None
+    assert event["original_raw"] is not None
     assert "garbage" in event["original_raw"]
 
 
@@ -166,3 +171,68 @@ def test_failed_event_ids_are_uuid5_too_even_without_a_recording_id() -> None:
         InvalidEvent("x"), raw=garbage + b"!", recording=None, recording_id=None, attempts=0
     )
     assert other["event_id"] != anonymous[0]["event_id"]
+
+
+def _request(channel: int, role: str, index: int, start_s: float, end_s: float) -> Request:
+    rate = 16_000
+    return Request(
+        channel, role, index, ((int(start_s * rate), int(end_s * rate)),), rate, end_s - start_s
+    )
+
+
+def test_a_split_call_becomes_turns_of_one_role_each() -> None:
+    """Segments on the call timeline; consecutive ones of one role join into a turn; the text
+    is one ``role: text`` line per turn; cost follows the billed seconds."""
+    recording = parse_recording(_raw(call={"id": "c-1"}), DEFAULTS)
+    results = [
+        (_request(0, "agent", 0, 0.0, 2.0), Result("Hello.", "en", "neutral", 2, "q-1")),
+        (_request(1, "customer", 0, 2.5, 4.0), Result("Hi.", "en", "happy", 2, "q-2")),
+        (_request(1, "customer", 1, 4.5, 6.0), Result("A question.", "en", None, 2, None)),
+        (_request(0, "agent", 1, 7.0, 8.0), Result("  ", "en", None, 1, "q-4")),  # no text
+    ]
+    final = final_event(
+        recording,
+        results,
+        plan="turns",
+        split=True,
+        audio_seconds=8.0,
+        attempts=4,
+        timings={"fetch_s": 0.1, "decode_s": 0.2, "transcribe_s": 1.0, "total_s": 1.5},
+        backend="dashscope",
+        price_per_second_usd=0.5,
+    )
+    assert [(t["role"], t["text"], t["start_s"], t["end_s"]) for t in final["turns"]] == [
+        ("agent", "Hello.", 0.0, 2.0),
+        ("customer", "Hi. A question.", 2.5, 6.0),
+    ]
+    assert final["text"] == "agent: Hello.\ncustomer: Hi. A question."
+    assert len(final["segments"]) == 3
+    assert (final["billed_seconds"], final["estimated_cost_usd"]) == (7, 3.5)
+    assert final["request_ids"] == ["q-1", "q-2", "q-4"]
+    assert final["emotion"] in ("neutral", "happy")
+    assert final["call"] == {"id": "c-1"}
+    assert final["event_id"] == event_id("final", "r-1")
+    assert not list(schemas.validator("final").iter_errors(final))
+
+
+def test_a_mixed_call_has_no_turns() -> None:
+    """Without split channels the text is the segments joined, and turns stay empty."""
+    recording = parse_recording(_raw(), DEFAULTS)
+    results = [
+        (_request(0, "agent", 1, 3.0, 4.0), Result("world.", "en")),
+        (_request(0, "agent", 0, 0.0, 2.0), Result("Hello", "en")),
+    ]
+    final = final_event(
+        recording,
+        results,
+        plan="packed",
+        split=False,
+        audio_seconds=4.0,
+        attempts=0,
+        timings={"fetch_s": 0.1, "decode_s": 0.2, "transcribe_s": 1.0, "total_s": 1.5},
+        backend="openai",
+        price_per_second_usd=0.5,
+    )
+    assert (final["text"], final["turns"], final["language"]) == ("Hello world.", [], "en")
+    assert final["attempts"] == 1  # at least the one that produced it
+    assert not list(schemas.validator("final").iter_errors(final))

@@ -1,13 +1,27 @@
-"""Reading the finalized table's values and the recording id of raw events."""
+"""The ledger on a real faust table (memory store, in process): what it reads back, which
+partition its entries belong to, and what it forgets. Also the recording id of raw events.
+
+Writes wait for the changelog on the broker, and faust checks co-partitioning against the
+broker's metadata: both run on the session broker, in tests/integration/test_claims.py (a
+partition-count mismatch stops the worker before any request) and test_poison.py.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
+import faust
 import pytest
+from faust.streams import _current_event
+from faust.types import Message
 
 from streams.events import recording_id_of
-from streams.idempotency import Ledger, Outcome
+from streams.idempotency import Ledger, Outcome, Starts, changelog_topic
+
+PARTITIONS = 4
 
 
 @pytest.mark.parametrize(
@@ -33,47 +47,121 @@ def test_outcome_from_a_table_value() -> None:
     assert Outcome.from_value(None) is None
 
 
-class _Table(dict[str, Any]):
-    def partition_for_key(self, key: str) -> int:
-        return 0  # co-partitioning holds
+@pytest.fixture
+def ledger() -> Ledger:
+    """A ledger on its own app; faust connects to nothing until the app starts."""
+    app = faust.App("t-ledger", broker="kafka://127.0.0.1:9", store="memory://")
+    return Ledger(app, partitions=PARTITIONS, store="memory://", retention_s=86400)
+
+
+def _store(ledger: Ledger, entries: dict[str, Any]) -> None:
+    """Put entries in the table's store, as recovery from the changelog does."""
+    for key, value in entries.items():
+        ledger.table.data[key] = value
+
+
+@contextlib.contextmanager
+def _processing(ledger: Ledger, partition: int, offset: int) -> Iterator[str]:
+    """Inside the agent's iteration of a recording event at ``partition``/``offset``.
+
+    What faust's stream does for each event (faust/streams.py sets this context variable):
+    table keys then belong to the event's partition.
+    """
+    message = Message("recordings", partition, offset, 0.0, 0, {}, b"rec", b"{}", None)
+    event = faust.Event(ledger.table.app, b"rec", b"{}", {}, message)
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield f"recordings[{partition}]@{offset}"
+    finally:
+        _current_event.reset(token)
+
+
+def test_the_table_is_co_partitioned_with_the_recordings(ledger: Ledger) -> None:
+    """The changelog has the recordings topic's partition count, and an entry goes to the
+    partition of the recording event being processed, whatever its key hashes to."""
+    table = ledger.table
+    assert table.partitions == PARTITIONS
+    assert table.changelog_topic.get_topic_name() == changelog_topic("t-ledger")
+    assert table.changelog_topic.partitions == PARTITIONS
+    for partition in range(PARTITIONS):
+        with _processing(ledger, partition, 3):
+            assert table.partition_for_key("rec") == partition
+
+
+def test_outside_the_agent_the_ledger_cannot_be_asked(ledger: Ledger) -> None:
+    """A key has no partition without a recording event: the ledger refuses, never guesses."""
+    with pytest.raises(TypeError, match="outside of stream iteration"):
+        ledger.answered("rec", "recordings[0]@1")
 
 
 @pytest.mark.parametrize(
-    ("stored", "source", "skipped"),
+    ("stored", "offset", "skipped"),
     [
-        pytest.param("final", "t[0]@9", True, id="final-republished"),
-        pytest.param("final", "t[0]@1", True, id="final-redelivered"),
-        pytest.param("failed", "t[0]@1", True, id="failed-redelivered"),
-        pytest.param("failed", "t[0]@9", False, id="failed-republished"),
+        pytest.param("final", 9, True, id="final-republished"),
+        pytest.param("final", 1, True, id="final-redelivered"),
+        pytest.param("failed", 1, True, id="failed-redelivered"),
+        pytest.param("failed", 9, False, id="failed-republished"),
     ],
 )
-def test_answered(stored: str, source: str, skipped: bool) -> None:
+def test_answered(ledger: Ledger, stored: str, offset: int, skipped: bool) -> None:
     """A final is never redone; a failure only when the very same event comes again."""
-    ledger = Ledger.__new__(Ledger)
-    ledger.table = _Table(  # type: ignore[assignment]  # only .get() is used here
-        {"rec": {"outcome": stored, "event_id": "e", "source": "t[0]@1", "at": "now"}}
+    _store(
+        ledger,
+        {"rec": {"outcome": stored, "event_id": "e", "source": "recordings[0]@1", "at": "now"}},
     )
-    assert (ledger.answered("rec", source) is not None) is skipped
-    assert ledger.answered("other", source) is None
+    with _processing(ledger, 0, offset) as where:
+        assert (ledger.answered("rec", where) is not None) is skipped
+        assert ledger.answered("other", where) is None
 
 
-def test_forget_expired_drops_only_old_entries_of_a_memory_store() -> None:
-    """Entries older than the retention leave memory; newer ones stay."""
+def test_a_publishing_entry_gives_back_its_final(ledger: Ledger) -> None:
+    """The worker died around publishing: the kept final event is the answer, to send again."""
+    final: dict[str, Any] = {"type": "final", "event_id": "e", "recording_id": "rec"}
+    _store(
+        ledger,
+        {
+            "rec": {
+                "outcome": "publishing",
+                "event_id": "e",
+                "source": "recordings[0]@1",
+                "at": "now",
+                "event": final,
+            }
+        },
+    )
+    with _processing(ledger, 0, 1) as where:
+        done = ledger.answered("rec", where)
+    assert done is not None
+    assert done.event is not None
+    assert dict(done.event) == final
 
-    class _Store:
-        def __init__(self, data: dict[str, Any]) -> None:
-            self.data = data
 
-    class _MemoryTable:
-        def __init__(self, data: dict[str, Any]) -> None:
-            self.data = _Store(data)
-
-    entries = {
-        "old": {"outcome": "final", "at": "2020-01-01T00:00:00.000000Z"},
-        "new": {"outcome": "final", "at": "2999-01-01T00:00:00.000000Z"},
+def test_a_started_entry_counts_starts_and_is_no_answer(ledger: Ledger) -> None:
+    """A recording a worker died on is processed again, its start counted."""
+    started = {
+        "outcome": "started",
+        "starts": 2,
+        "attempt_base": 5,
+        "attempts": 5,
+        "source": "recordings[0]@1",
+        "at": "2026-01-01T00:00:00Z",
     }
-    ledger = Ledger.__new__(Ledger)
-    ledger._retention_s = 86400
-    ledger.table = _MemoryTable(entries)  # type: ignore[assignment]  # the store's shape only
+    _store(ledger, {"rec": started})
+    with _processing(ledger, 0, 1) as where:
+        assert ledger.answered("rec", where) is None
+    assert ledger.starts("rec") == Starts(2, 5, 5, "recordings[0]@1", "2026-01-01T00:00:00Z")
+    assert ledger.starts("other") is None
+
+
+def test_forget_expired_drops_only_old_entries_of_a_memory_store(ledger: Ledger) -> None:
+    """Entries older than the retention leave memory; newer ones stay."""
+    _store(
+        ledger,
+        {
+            "old": {"outcome": "final", "at": "2020-01-01T00:00:00.000000Z"},
+            "new": {"outcome": "final", "at": "2999-01-01T00:00:00.000000Z"},
+        },
+    )
     assert ledger.forget_expired() == 1
-    assert list(entries) == ["new"]
+    assert ledger.table.get("old") is None
+    assert ledger.table.get("new") is not None

@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 
 from streams.api_limits import per_second_limit
-from streams.app import FaustSender, Runtime
+from streams.app import FaustSender
 from streams.config import Settings
 from streams.errors import RecognitionThrottled, RecognitionUnavailable
 from streams.ratelimit import Admission, RateLimitedBackend, RequestLimiter, Share, SlotPlan
+from streams.runtime import Runtime
 from streams.transcribe import Delta, RecognitionOptions, Result
 
 OPTIONS = RecognitionOptions(model="qwen3-asr-flash")
