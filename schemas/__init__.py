@@ -6,7 +6,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs installed (types-jsonschema)
+import jsonschema
 import orjson
 
 __all__ = ["RECORDING_VERSIONS", "SCHEMA_VERSION", "load", "validator"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import jsonschema  # type: ignore[import-untyped]  # no stubs installed (types-jsonschema)
+import jsonschema
 import orjson
 
 import schemas
@@ -36,6 +36,7 @@ __all__ = [
     "now_iso",
     "parse_recording",
     "partial_event",
+    "recording_event",
     "recording_id_of",
     "turns_of",
 ]
