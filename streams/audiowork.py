@@ -17,7 +17,7 @@ import numpy as np
 
 from streams.chunking import ChunkPolicy, Plan, Request, plan_requests
 from streams.crashloop import abort_if_chosen
-from streams.decode import SpooledAudio, decode_to_files
+from streams.decode import Layout, SpooledAudio, decode_to_files
 from streams.dualmono import DualMonoDetector
 from streams.encode import encode_data_uri
 from streams.events import Recording
@@ -62,7 +62,7 @@ def decode_and_plan(
         if recording.layout == "auto":
             dual_mono.feed(block)
 
-    layout = "mix" if recording.layout == "mix" else "split"
+    layout: Layout = "mix" if recording.layout == "mix" else "split"
     audio = decode_to_files(
         path, directory, layout=layout, max_duration_s=max_duration_s, on_block=listen
     )

@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, TypedDict
 
 import av
 import av.error
@@ -185,7 +185,13 @@ def _opened(
         yield container, stream
 
 
-def _source_info(stream: av.audio.stream.AudioStream) -> dict[str, int | str]:
+class _SourceInfo(TypedDict):
+    source_channels: int
+    source_sample_rate: int
+    source_codec: str
+
+
+def _source_info(stream: av.audio.stream.AudioStream) -> _SourceInfo:
     return {
         "source_channels": stream.codec_context.channels or 1,
         "source_sample_rate": stream.codec_context.sample_rate or SAMPLE_RATE,

@@ -118,7 +118,9 @@ def worker_acls(settings: Settings, principal: str) -> list[AclBinding]:
     return bindings
 
 
-class _CreateAclsResponse_v2(Response):
+# aiokafka ships no types, so its protocol classes are ``Any`` to mypy; the ignores below are
+# for subclassing them and nothing else.
+class _CreateAclsResponse_v2(Response):  # type: ignore[misc]  # aiokafka is untyped
     API_KEY = 30
     API_VERSION = 2
     SCHEMA = Schema(
@@ -135,13 +137,13 @@ class _CreateAclsResponse_v2(Response):
     )
 
 
-class _CreateAclsResponse_v3(Response):
+class _CreateAclsResponse_v3(Response):  # type: ignore[misc]  # aiokafka is untyped
     API_KEY = 30
     API_VERSION = 3
     SCHEMA = _CreateAclsResponse_v2.SCHEMA
 
 
-class _CreateAclsRequest_v2(RequestStruct):
+class _CreateAclsRequest_v2(RequestStruct):  # type: ignore[misc]  # aiokafka is untyped
     FLEXIBLE_VERSION: ClassVar[bool] = True
     API_KEY = 30
     API_VERSION = 2
@@ -164,7 +166,7 @@ class _CreateAclsRequest_v2(RequestStruct):
     )
 
 
-class _CreateAclsRequest_v3(RequestStruct):
+class _CreateAclsRequest_v3(RequestStruct):  # type: ignore[misc]  # aiokafka is untyped
     FLEXIBLE_VERSION: ClassVar[bool] = True
     API_KEY = 30
     API_VERSION = 3
@@ -175,13 +177,13 @@ class _CreateAclsRequest_v3(RequestStruct):
 _CreateAclsStruct: TypeAlias = _CreateAclsRequest_v2 | _CreateAclsRequest_v3
 
 
-class CreateAclsRequest(Request[_CreateAclsStruct]):
+class CreateAclsRequest(Request[_CreateAclsStruct]):  # type: ignore[misc]  # aiokafka is untyped
     """CreateAcls v2/v3 for the ``bindings`` (the broker picks; Kafka 4.x serves both)."""
 
     API_KEY = 30
 
     def __init__(self, bindings: Iterable[AclBinding]) -> None:
-        self._creations = [
+        self._creations: list[tuple[object, ...]] = [
             (b.resource, b.name, b.pattern, b.principal, "*", b.operation, _ALLOW, {})
             for b in bindings
         ]

@@ -557,7 +557,9 @@ async def test_a_wrong_api_key_fails_every_recording_without_showing_the_key(
     ]
     worker = stack.start_worker(DASHSCOPE_API_KEY=wrong, STREAMS_LOG_LEVEL="DEBUG")
     await stack.publish(events)
-    messages = await stack.collect(lambda ms: len(stack.terminal(ms)) >= len(events))
+    await stack.collect(lambda ms: len(stack.terminal(ms)) >= len(events))
+    # One failed event each, counted once the worker has stopped and the topics are read out.
+    messages = await stop_and_drain(stack)
     codes = [m.value["error"]["code"] for m in stack.terminal(messages)]
     assert codes == ["asr_unauthorized"] * len(events)
     assert all(m.value["attempts"] == 1 for m in stack.terminal(messages))  # not retried

@@ -10,6 +10,10 @@ partition, decoded PCM spooled to disk, and only the chunks holding one of
 recordings must be close to the peak after the first few hundred. Both are read from
 ``/proc/<pid>/status`` (VmRSS, VmHWM) of the worker and of its audio processes
 (streams/audiostages.py), summed, while the burst runs and printed.
+
+The bound is relative to this run's own baseline, not a figure tuned on one machine: what the
+peak still gains from 20 % to 100 % of the burst must be small beside the RSS the worker had
+once it answered its first recording.
 """
 
 from __future__ import annotations
@@ -29,18 +33,21 @@ pytestmark = pytest.mark.integration
 
 BURST = 2000
 AUDIO = "en_speechbrain_harvard_birch_canoe.wav"
-RSS_BOUND_MIB = 400
-"""Peak RSS the worker and its audio processes must stay under; idle the worker is about
-120 MiB and each audio process about 70 MiB."""
-GROWTH_BOUND_MIB = 40
-"""How much the peak may still rise between 20% and 100% of the burst."""
+GROWTH_RATIO = 0.15
+"""How much the peak may still rise between 20 % and 100 % of the burst, as a share of the
+RSS after the first answer (memory that grows with the backlog would add a multiple of it)."""
+LEAK_GUARD_MIB = 2048
+"""A ceiling far above any machine's figure (idle, the worker is about 120 MiB and each audio
+process about 70 MiB): only for a backlog buffered whole before 20 % of the burst, which the
+relative bound cannot see because the baseline would already hold it."""
 
 
 @pytest.mark.timeout(600)
 async def test_a_burst_of_2000_recordings_keeps_memory_bounded(
     stack: Stack, scripted_server: ScriptedServer, request: pytest.FixtureRequest
 ) -> None:
-    """2,000 recordings published at once all end final; peak RSS stays under the bound."""
+    """2,000 recordings published at once all end final once; the peak RSS barely grows
+    after the first fifth of the burst."""
     source = stack.tmp / "call.wav"
     shutil.copy(asset(AUDIO), source)
     events: list[dict[str, Any] | bytes] = [
@@ -85,6 +92,7 @@ async def test_a_burst_of_2000_recordings_keeps_memory_bounded(
         at[mark] = (max(before) if before else samples[0][1]["VmHWM"]) / 1024
     # Once the worker is up and has answered its first recording.
     first = next(s["VmRSS"] for n, s in samples if n > 0) / 1024
+    growth = at[BURST] - at[int(BURST * 0.2)]
     lines = [
         "",
         f"Burst: {BURST} recordings published in {published_s:.1f} s, all answered in "
@@ -93,8 +101,8 @@ async def test_a_burst_of_2000_recordings_keeps_memory_bounded(
         f"terminal events {len(terminal)}, distinct recordings {len(set(ids))}",
         f"  RSS after the first answer {first:.0f} MiB; peak RSS (VmHWM) after "
         + ", ".join(f"{mark} recordings {mib:.0f} MiB" for mark, mib in at.items()),
-        f"  peak {peak:.0f} MiB, bound {RSS_BOUND_MIB} MiB; growth 20%->100% "
-        f"{at[BURST] - at[int(BURST * 0.2)]:.1f} MiB, bound {GROWTH_BOUND_MIB} MiB",
+        f"  peak {peak:.0f} MiB (leak guard {LEAK_GUARD_MIB} MiB); growth 20%->100% "
+        f"{growth:.1f} MiB = {growth / first:.1%} of the first RSS, bound {GROWTH_RATIO:.0%}",
     ]
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
@@ -106,5 +114,5 @@ async def test_a_burst_of_2000_recordings_keeps_memory_bounded(
     assert len(set(ids)) == BURST == len(ids)
     for message in messages:
         validate(message)
-    assert peak < RSS_BOUND_MIB
-    assert at[BURST] - at[int(BURST * 0.2)] < GROWTH_BOUND_MIB
+    assert growth < GROWTH_RATIO * first
+    assert peak < LEAK_GUARD_MIB

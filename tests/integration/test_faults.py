@@ -9,6 +9,12 @@ real worker process transcribes them against the scripted recogniser, and then c
 - partial events of abandoned attempts are marked: the highest attempt of each chunk spells
   the final text.
 
+Nothing is timed: every count is taken after the workers have stopped and each output topic
+has been read to its end (``stop_and_drain``), and every fault that must land while work is in
+flight is triggered by what the test observes (requests held open in the server's journal),
+never by a timer. Pauses are checked against the retry point the server announced, by the
+journal's and the worker's own records.
+
 The figures of every case are printed as one table at the end of the module (``-s`` is not
 needed: they go to the terminal reporter).
 """
@@ -33,7 +39,7 @@ from streams.dev.localkafka import LocalKafka
 from streams.ratelimit import SlotPlan
 from tests.audio import asset
 from tests.fixtures.asr_server import ScriptedServer
-from tests.fixtures.worker import Stack, Watcher, validate
+from tests.fixtures.worker import Message, Stack, read_to_end, stop_and_drain, validate
 
 # Each case bounds its own waits (up to 300 s for the restarts); the suite default of 120 s
 # is for hung awaits, not for runs of a hundred recordings on a busy 2-core machine.
@@ -46,6 +52,9 @@ MATRIX_ENV = {"STREAMS_ASR_ATTEMPTS": "5", "STREAMS_RECORDING_DEADLINE_S": "120"
 # Every request waits this long for its first byte, well inside the timeout: the run then lasts
 # long enough for a crash, restart or rebalance to land while recordings are in flight.
 PACE = {"fault": "slow_first_byte", "delay_s": 0.4}
+# Every request that starts under this rule stays open until something cuts it (a crash, a
+# restart): what the test sees in flight in the journal is then in flight when it acts.
+HOLD = {"fault": "slow_first_byte", "delay_s": 600}
 
 
 @dataclass
@@ -168,7 +177,7 @@ def _per_recording(rules: list[tuple[str, dict[str, Any]]]) -> list[dict[str, An
 def _tally(
     case: str,
     stack: Stack,
-    watcher: Watcher,
+    messages: list[Message],
     ids: list[str],
     journal: list[dict[str, Any]],
     started: float,
@@ -180,11 +189,11 @@ def _tally(
     """Count what became of ``ids`` and assert the invariants every case shares."""
     figures = Figures(case, recordings=len(ids), seconds=time.monotonic() - started)
     terminal: dict[str, list[Any]] = collections.defaultdict(list)
-    for message in watcher.terminal():
+    for message in stack.terminal(messages):
         validate(message)
         terminal[message.value["recording_id"]].append(message)
     partials: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    for message in watcher.messages:
+    for message in messages:
         if message.topic == stack.partial:
             partials[message.value["recording_id"]].append(message.value)
 
@@ -198,7 +207,8 @@ def _tally(
         first = events[0]
         if first.topic == stack.final:
             figures.final += 1
-            first_final_at[rid] = watcher.record_times[(first.topic, first.partition, first.offset)]
+            assert first.timestamp is not None
+            first_final_at[rid] = first.timestamp
         else:
             figures.failed += 1
         figures.duplicates += len(events) - 1
@@ -261,8 +271,14 @@ async def _run(
     act_at: tuple[float, ...] = (),
     timeout_s: float = 240.0,
     count: int = RECORDINGS,
-) -> tuple[Watcher, list[str], float]:
-    """Publish ``count`` recordings; call ``act(i)`` once fraction ``act_at[i]`` is answered."""
+    drain: bool = True,
+) -> tuple[list[Message], list[str], float]:
+    """Publish ``count`` recordings; call ``act(i)`` once fraction ``act_at[i]`` is answered.
+
+    Once every recording is answered, the workers are stopped and the output topics read to
+    their end, so that a duplicate cannot come after the count; ``drain=False`` leaves the
+    workers running and returns what was read so far (the caller drains later).
+    """
     events = _events(stack, prefix, count)
     ids = [e["recording_id"] for e in events]
     started = time.monotonic()
@@ -278,15 +294,45 @@ async def _run(
         await watcher.wait_for(
             lambda w: set(ids) <= w.answered(), timeout_s=timeout_s, what="every recording"
         )
-        # A duplicate would come within a commit interval or two of the rest: wait for it.
-        await asyncio.sleep(3)
-    return watcher, ids, started
+    if not drain:
+        return watcher.messages, ids, started
+    return await stop_and_drain(stack), ids, started
+
+
+async def _hold_in_flight(server: ScriptedServer, timeout_s: float = 120.0) -> set[str]:
+    """Hold every new request open (``HOLD``) until the journal shows one in flight.
+
+    Returns the ids of the held requests seen in flight: none of them can end by itself, so
+    a crash or restart that follows cuts every one.
+    """
+    server.set_faults([HOLD])
+    # Requests the journal knows now may have started under the old rules; any later one
+    # started under HOLD (the rules are replaced at once).
+    known = {e["request_id"] for e in server.journal()}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = {
+            e["request_id"]
+            for e in server.journal()
+            if e["request_id"] not in known and not e["finished"]
+        }
+        if held:
+            return held
+        assert time.monotonic() < deadline, f"no request held in flight within {timeout_s} s"
+        await asyncio.sleep(0.05)
 
 
 async def test_429_bursts_slow_the_worker_down_and_fail_nothing(
     stack: Stack, scripted_server: ScriptedServer
 ) -> None:
-    """Two bursts of 429s (Retry-After 1 s) and 429 error frames mid-stream: all final."""
+    """Two bursts of 429s (Retry-After 1 s) and 429 error frames mid-stream: all final, and
+    after each 429 nothing is sent before the retry point the server announced.
+
+    Checked on records, not on a window of time: the server's journal stamps when it refused
+    each request (``started_at``, before the refusal is sent) and when each request arrived;
+    the worker's log says, in order, each time it paused and each request it admitted (with the
+    time it admitted it). No slack is needed: every bound is a chain of cause and effect.
+    """
     prefix = "t429"
     frames = [
         (
@@ -295,27 +341,67 @@ async def test_429_bursts_slow_the_worker_down_and_fail_nothing(
         )
         for i in range(0, RECORDINGS, 10)
     ]
-    scripted_server.set_faults(
-        [{"fault": "429", "match": {"times": 24}, "retry_after_s": 1}, *_per_recording(frames)]
-    )
+    burst_rule = {"fault": "429", "match": {"times": 24}, "retry_after_s": RETRY_AFTER_S}
+    scripted_server.set_faults([dict(burst_rule), *_per_recording(frames)])
     stack.start_worker(**MATRIX_ENV)
 
     async def burst(i: int) -> None:
-        scripted_server.set_faults([{"fault": "429", "match": {"times": 24}, "retry_after_s": 1}])
+        scripted_server.set_faults([dict(burst_rule)])
 
-    watcher, ids, started = await _run(stack, scripted_server, prefix, act=burst, act_at=(0.5,))
+    messages, ids, started = await _run(stack, scripted_server, prefix, act=burst, act_at=(0.5,))
     journal = scripted_server.journal()
-    figures = _tally("429 bursts + 429 frames", stack, watcher, ids, journal, started)
-    refused = [e for e in journal if e.get("http_status") == 429 or e.get("fault") == "429"]
-    # While a Retry-After pause runs, the worker sends nothing (10 ms of slack each side).
-    ends = sorted(e["finished_at"] for e in refused if e.get("finished_at"))
-    inside = sum(
-        1 for e in journal if any(t + 0.05 < (e.get("started_at") or 0) < t + 0.95 for t in ends)
-    )
-    figures.notes.append(f"{len(refused)} x 429, {inside} requests sent inside a pause")
+    figures = _tally("429 bursts + 429 frames", stack, messages, ids, journal, started)
     assert figures.failed == 0
-    assert len(refused) >= 48
-    assert inside == 0
+    refusals = [e for e in journal if e.get("fault") == "429"]  # refused before the stream
+    frames = [e for e in journal if e.get("fault") == "error_frame_429"]
+    assert len(refusals) == 48
+    assert frames  # the frame rules of recordings not yet sent go with the second burst
+
+    # 1. Each refused recording is sent again, and that request reaches the server no sooner
+    # than the retry point announced: the refusal's own time + Retry-After (server's clock).
+    by_recording: dict[str | None, list[dict[str, Any]]] = collections.defaultdict(list)
+    for e in journal:
+        by_recording[_rid(e)].append(e)
+    retried = 0
+    for refusal in refusals:
+        later = [e for e in by_recording[_rid(refusal)] if e["started_at"] > refusal["started_at"]]
+        assert later, f"{_rid(refusal)} was refused and never sent again"
+        retry = min(later, key=lambda e: e["started_at"])
+        assert retry["received_at"] >= refusal["started_at"] + RETRY_AFTER_S, (refusal, retry)
+        retried += 1
+
+    # 2. The pause holds every request of the worker, not only the refused one. When the
+    # worker logs its k-th pause it has received k distinct refusals, so the k-th earliest
+    # refusal time is a lower bound of when it paused; every request it admits after that
+    # line (log order is the order of events in its one event loop) is admitted at or after
+    # that bound + the pause.
+    refused_at = sorted(e["started_at"] for e in refusals)
+    log = stack.workers[0].log_path.read_text(errors="replace")
+    pauses = 0
+    resume_at = 0.0
+    admitted_after_pause = 0
+    for line in log.splitlines():
+        if found := _PAUSE.search(line):
+            pauses += 1
+            assert pauses <= len(refused_at), "more pauses than refusals"
+            assert float(found.group(1)) == RETRY_AFTER_S
+            resume_at = max(resume_at, refused_at[pauses - 1] + RETRY_AFTER_S)
+        elif (found := _ADMISSION.search(line)) and pauses:
+            admitted_after_pause += 1
+            assert float(found.group(3)) >= resume_at, line
+    figures.notes.append(
+        f"{len(refusals)} x 429 + {len(frames)} 429 frames; {pauses} pauses logged, "
+        f"{admitted_after_pause} admissions after one, none before its retry point"
+    )
+    assert retried == len(refusals)
+    assert pauses == len(refusals)  # each refusal paused the worker (none in a row reached 30)
+    assert admitted_after_pause >= RECORDINGS // 2
+
+
+RETRY_AFTER_S = 1.0
+_PAUSE = re.compile(
+    r"recogniser throttled the request \(\d+ in a row\); all requests pause ([\d.]+) s"
+)
 
 
 async def test_500s_are_retried_until_they_pass(
@@ -329,9 +415,9 @@ async def test_500s_are_retried_until_they_pass(
     ]
     scripted_server.set_faults(_per_recording(rules))
     stack.start_worker(**MATRIX_ENV)
-    watcher, ids, started = await _run(stack, scripted_server, prefix)
+    messages, ids, started = await _run(stack, scripted_server, prefix)
     figures = _tally(
-        "500s (1-3 per recording)", stack, watcher, ids, scripted_server.journal(), started
+        "500s (1-3 per recording)", stack, messages, ids, scripted_server.journal(), started
     )
     assert figures.failed == 0
     assert figures.faults == sum(1 + (i // 3) % 3 for i in range(0, RECORDINGS, 3))
@@ -355,8 +441,10 @@ async def test_streams_cut_midway_restart_the_chunk_and_mark_the_abandoned_parti
     ]
     scripted_server.set_faults(_per_recording(rules))
     stack.start_worker(**MATRIX_ENV)
-    watcher, ids, started = await _run(stack, scripted_server, prefix)
-    figures = _tally("streams cut mid-way", stack, watcher, ids, scripted_server.journal(), started)
+    messages, ids, started = await _run(stack, scripted_server, prefix)
+    figures = _tally(
+        "streams cut mid-way", stack, messages, ids, scripted_server.journal(), started
+    )
     assert figures.failed == 0
     # Every cut stream had sent at least one delta, now superseded by a later attempt.
     assert figures.abandoned_partials >= sum(1 + (i // 2) % 2 for i in range(0, RECORDINGS, 2))
@@ -373,78 +461,114 @@ async def test_slow_first_bytes_beyond_the_timeout_are_retried(
     ]
     scripted_server.set_faults(_per_recording(rules))
     stack.start_worker(**MATRIX_ENV, STREAMS_ASR_READ_TIMEOUT_S="1")
-    watcher, ids, started = await _run(stack, scripted_server, prefix)
+    messages, ids, started = await _run(stack, scripted_server, prefix)
     figures = _tally(
-        "slow first byte > timeout", stack, watcher, ids, scripted_server.journal(), started
+        "slow first byte > timeout", stack, messages, ids, scripted_server.journal(), started
     )
     assert figures.failed == 0
     assert figures.faults == RECORDINGS // 4
 
 
 async def test_asr_server_restarted_mid_run(stack: Stack, scripted_server: ScriptedServer) -> None:
-    """The recogniser crashes (SIGKILL) with streams in flight and comes back 1 s later."""
+    """The recogniser crashes (SIGKILL) with streams in flight and comes back 1 s later: the
+    cut requests are sent again and every recording ends final once.
+
+    The kill comes once the journal shows requests held open (``HOLD``), so it always cuts
+    streams, however fast or slow the machine is."""
     prefix = "tasr"
     scripted_server.set_faults([PACE])
     stack.start_worker(**MATRIX_ENV)
     before: list[dict[str, Any]] = []
+    held: set[str] = set()
 
     async def crash(i: int) -> None:
-        # New requests stall, so that none can complete between the journal snapshot and the
-        # kill: the snapshot then holds every request the old process could have answered.
-        scripted_server.set_faults([{"fault": "slow_first_byte", "delay_s": 30}])
+        held.update(await _hold_in_flight(scripted_server))
         before.extend(await asyncio.to_thread(scripted_server.restart, down_s=1.0))
         scripted_server.set_faults([PACE])
 
-    watcher, ids, started = await _run(stack, scripted_server, prefix, act=crash, act_at=(0.4,))
-    journal = before + scripted_server.journal()
+    messages, ids, started = await _run(stack, scripted_server, prefix, act=crash, act_at=(0.4,))
+    after = scripted_server.journal()
     # Requests the kill cut count as faults too: the journal never saw them finish.
-    cut = sum(1 for e in before if not e.get("finished"))
+    cut = [e for e in before if not e["finished"]]
     figures = _tally(
         "ASR server restarted",
         stack,
-        watcher,
+        messages,
         ids,
-        journal,
+        before + after,
         started,
         check_partials=False,
         paced=PACE["fault"],
     )
-    figures.faults += cut
-    figures.notes.append(f"{cut} requests cut by the kill")
+    figures.faults += len(cut)
+    finals = {m.value["recording_id"]: m.value for m in stack.terminal(messages)}
+    figures.notes.append(f"{len(cut)} requests cut by the kill ({len(held)} seen held)")
     assert figures.failed == 0
+    assert held, "the kill cut no request"
+    assert held <= {e["request_id"] for e in cut}, "a held request ended before the kill"
+    # Each recording whose held request the kill cut was sent again to the new process, and
+    # its final comes from there. (A request merely in flight may have been answered just
+    # before the kill, its journal entry not yet closed: only held ones are sure to be cut.)
+    held_rids = {_rid(e) for e in cut if e["request_id"] in held}
+    resent = {_rid(e) for e in after if e["finished"] and e.get("http_status") == 200}
+    assert held_rids <= resent
+    for rid in held_rids:
+        assert not set(finals[rid]["request_ids"]) & held, rid
 
 
 async def test_worker_killed_twice_and_restarted(
     stack: Stack, scripted_server: ScriptedServer
 ) -> None:
-    """SIGKILL the worker at 30% and at 65%, restart it each time: nothing lost or re-billed."""
+    """SIGKILL the worker at 30% and at 65% with requests in flight, restart it each time:
+    the recordings it was transcribing come back, run again, and end final once.
+
+    Each kill comes once the journal shows requests held open (``HOLD``): the worker dies
+    mid-request, never between recordings."""
     prefix = "tkill"
     scripted_server.set_faults([PACE])
     worker = stack.start_worker(**MATRIX_ENV)
+    held: set[str] = set()
 
     async def kill(i: int) -> None:
+        held.update(await _hold_in_flight(scripted_server))
         await asyncio.to_thread(worker.kill)
+        scripted_server.set_faults([PACE])
         worker.start()
 
-    watcher, ids, started = await _run(stack, scripted_server, prefix, act=kill, act_at=(0.3, 0.65))
+    messages, ids, started = await _run(
+        stack, scripted_server, prefix, act=kill, act_at=(0.3, 0.65)
+    )
+    journal = scripted_server.journal()
     # A recording in flight at a kill is redone as its next run, whose attempts number above
     # the dead run's (streams/crashloop.py): the highest attempts spell the final here too.
     figures = _tally(
         "worker SIGKILLed x2",
         stack,
-        watcher,
+        messages,
         ids,
-        scripted_server.journal(),
+        journal,
         started,
         paced=PACE["fault"],
         crashes=True,
     )
+    cut = [e for e in journal if e["request_id"] in held]
+    cut_rids = {_rid(e) for e in cut}
+    # Redelivered and started again: partial events of a second (or third) run.
+    rerun = {
+        m.value["recording_id"] for m in messages if m.topic == stack.partial and m.value["run"] > 1
+    }
+    finals = {m.value["recording_id"]: m.value for m in stack.terminal(messages)}
     skipped = _log_count(stack, "acknowledged without recognition")
     again = _log_count(stack, "again, without recognition")
     figures.notes.append(
-        f"{skipped} redelivered finals skipped via the table, {again} kept finals re-published"
+        f"{len(cut)} requests cut, {len(rerun)} recordings run again; {skipped} redelivered "
+        f"finals skipped via the table, {again} kept finals re-published"
     )
     assert figures.failed == 0
+    assert len(cut) == len(held) > 0
+    assert cut_rids <= rerun  # every recording a kill cut came back and ran again
+    for rid in cut_rids:
+        assert not set(finals[rid]["request_ids"]) & held, rid
 
 
 async def test_kafka_broker_restarted_mid_run(
@@ -472,13 +596,13 @@ async def test_kafka_broker_restarted_mid_run(
             await asyncio.to_thread(broker.restart)
             down.append(time.monotonic() - t)
 
-        watcher, ids, started = await _run(
+        messages, ids, started = await _run(
             stack, scripted_server, prefix, act=restart, act_at=(0.4,), timeout_s=300
         )
         figures = _tally(
             "Kafka broker restarted",
             stack,
-            watcher,
+            messages,
             ids,
             scripted_server.journal(),
             started,
@@ -506,11 +630,11 @@ async def test_a_second_worker_joining_rebalances_without_loss(
     async def join(i: int) -> None:
         stack.start_worker(**MATRIX_ENV)
 
-    watcher, ids, started = await _run(stack, scripted_server, prefix, act=join, act_at=(0.3,))
+    messages, ids, started = await _run(stack, scripted_server, prefix, act=join, act_at=(0.3,))
     figures = _tally(
         "2nd worker joins",
         stack,
-        watcher,
+        messages,
         ids,
         scripted_server.journal(),
         started,
@@ -531,22 +655,21 @@ async def test_republished_and_redelivered_finals_are_not_transcribed_again(
     (the table rebuilt from its changelog), sends no request and publishes nothing new."""
     prefix = "tidem"
     worker = stack.start_worker(**MATRIX_ENV)
-    _, ids, started = await _run(stack, scripted_server, prefix)
+    _, ids, started = await _run(stack, scripted_server, prefix, drain=False)
     requests_before = len(scripted_server.journal())
-    async with stack.watch() as again:
-        await stack.publish_many(_events(stack, prefix))  # republished: new offsets
-        await _wait_log(stack, "acknowledged without recognition", RECORDINGS)
-        worker.stop()
-        await _rewind_group(stack)  # redelivered: the same offsets again
-        worker.start()
-        await _wait_log(stack, "acknowledged without recognition", 3 * RECORDINGS)
-        await asyncio.sleep(3)
+    await stack.publish_many(_events(stack, prefix))  # republished: new offsets
+    await _wait_log(stack, "acknowledged without recognition", RECORDINGS)
+    worker.stop()
+    await _rewind_group(stack)  # redelivered: the same offsets again
+    worker.start()
+    await _wait_log(stack, "acknowledged without recognition", 3 * RECORDINGS)
+    messages = await stop_and_drain(stack)
     journal = scripted_server.journal()
-    figures = _tally("republished + redelivered", stack, again, ids, journal, started)
+    figures = _tally("republished + redelivered", stack, messages, ids, journal, started)
     figures.notes.append(f"{len(journal) - requests_before} requests for 200 replays")
     assert len(journal) == requests_before
     assert figures.duplicates == 0
-    assert len(again.terminal()) == RECORDINGS  # the first run's finals, nothing new
+    assert len(stack.terminal(messages)) == RECORDINGS  # the first run's finals, nothing new
 
 
 async def test_a_final_kept_in_the_ledger_is_published_again_not_transcribed(
@@ -557,10 +680,9 @@ async def test_a_final_kept_in_the_ledger_is_published_again_not_transcribed(
     prefix = "tkept"
     count = 20
     worker = stack.start_worker(**MATRIX_ENV)
-    watcher, ids, started = await _run(stack, scripted_server, prefix, count=count)
+    first_run, ids, started = await _run(stack, scripted_server, prefix, count=count)
     requests_before = len(scripted_server.journal())
-    worker.stop()
-    finals = {m.value["recording_id"]: m.value for m in watcher.terminal()}
+    finals = {m.value["recording_id"]: m.value for m in stack.terminal(first_run)}
     # Turn each "final" entry back into the "publishing" entry that preceded it.
     changelog = f"{stack.app_id}-finalized-changelog"
     consumer = AIOKafkaConsumer(
@@ -594,11 +716,11 @@ async def test_a_final_kept_in_the_ledger_is_published_again_not_transcribed(
         await again.wait_for(
             lambda w: len(w.terminal()) >= 2 * count, what="the kept finals published again"
         )
-        await asyncio.sleep(3)
+    messages = await stop_and_drain(stack)
     figures = _tally(
         "kept finals re-published",
         stack,
-        again,
+        messages,
         ids,
         scripted_server.journal(),
         started,
@@ -608,7 +730,7 @@ async def test_a_final_kept_in_the_ledger_is_published_again_not_transcribed(
     assert len(scripted_server.journal()) == requests_before
     assert figures.duplicates == count
     for rid in ids:
-        copies = [m.value for m in again.terminal() if m.value["recording_id"] == rid]
+        copies = [m.value for m in stack.terminal(messages) if m.value["recording_id"] == rid]
         assert copies == [finals[rid], finals[rid]]
 
 
@@ -616,13 +738,17 @@ async def test_the_rate_limit_holds_across_partitions(
     stack: Stack, scripted_server: ScriptedServer
 ) -> None:
     """At 600 requests per minute the worker holding all 4 partitions starts one request per
-    0.1 s slot and at most 10 in a calendar second, by its own log and the server's journal."""
+    0.1 s slot and at most 10 in a calendar second, by its own record of its admissions; the
+    server's journal shows one request per admission, none arriving before it.
+
+    Arrivals per calendar second are printed, not held to a bound: a request admitted at the
+    end of a second may arrive in the next one after any delay a busy machine adds."""
     prefix = "trate"
     rpm = 600
     worker = stack.start_worker(**MATRIX_ENV, STREAMS_ASR_REQUESTS_PER_MINUTE=str(rpm))
-    watcher, ids, started = await _run(stack, scripted_server, prefix)
+    messages, ids, started = await _run(stack, scripted_server, prefix)
     journal = [e for e in scripted_server.journal() if _rid(e) in set(ids)]
-    figures = _tally(f"rate limit {rpm}/min", stack, watcher, ids, journal, started)
+    figures = _tally(f"rate limit {rpm}/min", stack, messages, ids, journal, started)
     log = worker.log_path.read_text(errors="replace")
     assert "rate share: partitions [0, 1, 2, 3] of 4, 600.0 requests/min" in log
     admitted = [
@@ -646,8 +772,6 @@ async def test_the_rate_limit_holds_across_partitions(
     assert all(0 <= at - slot * 60 / rpm < window + 1e-6 for slot, _, at in admitted)
     assert busiest <= limit == 10
     assert all(a <= r for a, r in zip(sorted(at for *_, at in admitted), arrivals, strict=True))
-    # A request admitted at the end of a second may arrive in the next one (loopback latency).
-    assert busiest_arrivals <= limit + 1
 
 
 _ADMISSION = re.compile(r"request admitted in slot (\d+) of partition (\d+) at ([\d.]+)")
@@ -656,27 +780,63 @@ _ADMISSION = re.compile(r"request admitted in slot (\d+) of partition (\d+) at (
 async def test_a_stalled_recogniser_does_not_stall_other_partitions(
     stack: Stack, scripted_server: ScriptedServer
 ) -> None:
-    """One recording's request hangs 20 s; recordings of the other partitions all finish first."""
+    """One recording's request hangs until the test cuts it: every recording of the other
+    partitions ends final while it hangs; cut (the recogniser restarts), it is sent again and
+    ends final too.
+
+    The stall lasts as long as the rest takes, however long that is on this machine: the test
+    waits for the other partitions' finals, checks the stalled request is still open in the
+    journal, and only then restarts the recogniser."""
     prefix = "tstall"
     stalled = f"{prefix}-0000"
-    scripted_server.set_faults(
-        _per_recording(
-            [(stalled, {"fault": "slow_first_byte", "delay_s": 20, "match": {"times": 1}})]
-        )
+    scripted_server.set_faults(_per_recording([(stalled, {**HOLD, "match": {"times": 1}})]))
+    # No timeout or deadline of the worker's may end the stall: only the restart does.
+    stack.start_worker(
+        **{**MATRIX_ENV, "STREAMS_ASR_READ_TIMEOUT_S": "900", "STREAMS_RECORDING_DEADLINE_S": "900"}
     )
-    stack.start_worker(**MATRIX_ENV)
-    watcher, ids, started = await _run(stack, scripted_server, prefix)
-    figures = _tally("stalled recogniser", stack, watcher, ids, scripted_server.journal(), started)
-    order = watcher.terminal()
-    stalled_at = next(i for i, m in enumerate(order) if m.value["recording_id"] == stalled)
-    stuck = next(m.partition for m in order if m.value["recording_id"] == stalled)
-    others_late = [m.value["recording_id"] for m in order[stalled_at:] if m.partition != stuck]
+    events = _events(stack, prefix)
+    ids = [e["recording_id"] for e in events]
+    started = time.monotonic()
+    async with stack.watch() as watcher:
+        await stack.publish_many(events)
+        # Which partition each recording went to, as the broker holds it.
+        placed = {
+            m.value["recording_id"]: m.partition
+            for m in await read_to_end(stack.bootstrap, (stack.recordings,))
+        }
+        stuck = placed[stalled]
+        others = {rid for rid in ids if placed[rid] != stuck}
+        await watcher.wait_for(
+            lambda w: others <= w.answered(),
+            timeout_s=240,
+            what="every recording of the other partitions",
+        )
+        entries = [e for e in scripted_server.journal() if _rid(e) == stalled]
+        still_open = [e["request_id"] for e in entries if not e["finished"]]
+        answered_meanwhile = len(watcher.answered() & set(ids))
+        assert stalled not in watcher.answered()
+        assert len(entries) == 1
+        assert len(still_open) == 1, entries
+        before = await asyncio.to_thread(scripted_server.restart, down_s=0.0)
+        await watcher.wait_for(
+            lambda w: set(ids) <= w.answered(), timeout_s=240, what="every recording"
+        )
+    messages = await stop_and_drain(stack)
+    figures = _tally(
+        "stalled recogniser",
+        stack,
+        messages,
+        ids,
+        before + scripted_server.journal(),
+        started,
+    )
     figures.notes.append(
-        f"{stalled_at} recordings finished while one stalled 20 s; "
-        f"{len(others_late)} of other partitions after it"
+        f"{len(others)} recordings of 3 other partitions (and {answered_meanwhile} in all) "
+        "final while one request hung; it ended only when cut"
     )
     assert figures.failed == 0
-    assert not others_late
+    final = next(m.value for m in stack.terminal(messages) if m.value["recording_id"] == stalled)
+    assert still_open[0] not in final["request_ids"]  # its final came from the request sent again
 
 
 def _log_count(stack: Stack, text: str, *, worker: int | None = None) -> int:
