@@ -30,6 +30,7 @@ test-tools:
 lint: install
 	$(VENV)/bin/ruff check streams schemas tests
 	$(VENV)/bin/ruff format --check streams schemas tests
+	$(VENV)/bin/mypy streams schemas
 
 # The benchmark suite (README "Performance"): about 12 minutes on 2 cores, figures and charts
 # into bench-results/, never a test. ffmpeg is for the hand-written baseline consumer.

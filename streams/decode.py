@@ -2,7 +2,7 @@
 
 Frames are batched through an ``AudioFifo`` so that the resampler runs about once per second
 of audio instead of once per codec frame: on long mp3 files per-frame resampling costs more
-than the decode itself (design.md, "decode"). Video containers give their first audio stream.
+than the decode itself (docs/design.md, "decode"). Video containers give their first audio stream.
 
 Two ways out: :func:`decode_sync` returns the PCM in memory (short files, tests, the local ASR
 server), while :func:`decode_to_files` spools each channel to a raw file and hands every

@@ -28,7 +28,7 @@ The tree says what the pipeline does with an error, not where it came from::
         └── DeadlineExceeded          deadline_exceeded (the recording's time budget ran out)
 
 Third-party exceptions are translated once, at the stage boundary, with ``raise ... from``.
-The recogniser's answers map in streams/transcribe.py: a 429 is throttling, then a known
+The recogniser's answers map in streams/sse_replies.py: a 429 is throttling, then a known
 error code decides, then the HTTP status (a mid-stream error frame's status is the
 ``:HTTP_STATUS/nnn`` comment before it; compatible mode's frames have none, so their code
 alone decides).

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
-from typing import Any, cast
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from typing import Any
 
 import faust
 from prometheus_client import (
@@ -184,7 +184,7 @@ class MeteredBackend:
 
     async def stream(
         self, audio_uri: str, options: RecognitionOptions
-    ) -> AsyncIterator[Delta | Result]:
+    ) -> AsyncGenerator[Delta | Result, None]:
         """Stream through the wrapped backend, recording what happens."""
         m = self._metrics
         # The pipeline encodes a chunk once and sends the same string on every attempt;
@@ -197,10 +197,7 @@ class MeteredBackend:
         status = "asr_stream_cut"  # the stream ended without a result
         first_delta = True
         try:
-            # Every backend streams with an async generator, which aclosing() needs.
-            inner = cast(
-                AsyncGenerator[Delta | Result, None], self._inner.stream(audio_uri, options)
-            )
+            inner = self._inner.stream(audio_uri, options)
             async with contextlib.aclosing(inner) as stream:
                 async for item in stream:
                     if isinstance(item, Result):

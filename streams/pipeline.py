@@ -15,10 +15,10 @@ import functools
 import logging
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 import httpx
 import stamina
@@ -46,7 +46,7 @@ from streams.events import (
 )
 from streams.fetch import FetchLimits, fetch
 from streams.publish import EventPublisher
-from streams.transcribe import Delta, RecognitionBackend, RecognitionOptions, Result
+from streams.transcribe import RecognitionBackend, RecognitionOptions, Result
 
 __all__ = ["Pipeline", "PipelineRules"]
 
@@ -59,8 +59,7 @@ class _Progress:
 
     started: float
     run: Run = FIRST_RUN
-    """Which start of the recording this is: its partial events say so and number their
-    attempts above the earlier runs' (streams/crashloop.py)."""
+    """Which start this is: partial events number attempts above earlier runs' (crashloop)."""
     sequence: int = 0
     attempts: int = 0
     first_delta_s: float | None = None
@@ -112,8 +111,7 @@ class Pipeline:
         # Worker-wide bound on recognition requests in flight, across partitions.
         self._slots = asyncio.Semaphore(rules.concurrency)
         self._in_flight = 0
-        self.peak_in_flight = 0
-        """Most requests (each holding its encoded chunk) in flight at once since start."""
+        self.peak_in_flight = 0  # most requests (each holding its chunk) in flight at once
 
     async def process(self, raw: bytes, *, where: str = "", run: Run = FIRST_RUN) -> TerminalEvent:
         """Turn one raw recording event into its published terminal event, and return it."""
@@ -363,10 +361,7 @@ class Pipeline:
                 )
                 progress.attempts += 1
                 text = ""
-                # Every backend streams with an async generator, which aclosing() needs.
-                items = cast(
-                    AsyncGenerator[Delta | Result, None], self._backend.stream(audio_uri, options)
-                )
+                items = self._backend.stream(audio_uri, options)
                 async with contextlib.aclosing(items) as stream:
                     async for item in stream:
                         if isinstance(item, Result):

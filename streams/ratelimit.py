@@ -51,9 +51,8 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import cast
 
 from streams.errors import RecognitionThrottled
 from streams.transcribe import Delta, RecognitionBackend, RecognitionOptions, Result
@@ -322,17 +321,14 @@ class RateLimitedBackend:
 
     async def stream(
         self, audio_uri: str, options: RecognitionOptions
-    ) -> AsyncIterator[Delta | Result]:
+    ) -> AsyncGenerator[Delta | Result, None]:
         """Yield what the inner backend yields, sending the request again after refusals."""
         refused = 0
         while True:
             await self._limiter.acquire()
             started = False
             try:
-                # Every backend streams with an async generator, which aclosing() needs.
-                stream = cast(
-                    AsyncGenerator[Delta | Result, None], self._inner.stream(audio_uri, options)
-                )
+                stream = self._inner.stream(audio_uri, options)
                 async with contextlib.aclosing(stream) as inner:
                     async for item in inner:
                         started = True

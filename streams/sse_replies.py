@@ -1,6 +1,6 @@
 """Reading the recogniser's replies: SSE events with their status comments, and its errors.
 
-Error replies come in three shapes (dashscope-protocol.md §3): a JSON body under the real
+Error replies come in three shapes (docs/dashscope-protocol.md §3): a JSON body under the real
 status; an SSE body under the real status (the cloud's answer to an SSE request refused
 before its stream starts), whose first ``data:`` line is the error; and, once a stream has
 started, an ``event:error`` frame whose status is only in the ``:HTTP_STATUS/nnn`` comment

@@ -9,7 +9,7 @@ also knows the three shapes an error reply comes in; retrying is the caller's bu
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -83,7 +83,9 @@ class RecognitionBackend(Protocol):
 
     name: str
 
-    def stream(self, audio_uri: str, options: RecognitionOptions) -> AsyncIterator[Delta | Result]:
+    def stream(
+        self, audio_uri: str, options: RecognitionOptions
+    ) -> AsyncGenerator[Delta | Result, None]:
         """Yield deltas as they arrive, then exactly one Result; raise PipelineError subclasses."""
         ...
 
@@ -131,7 +133,7 @@ class _SSEBackend:
 
     async def stream(
         self, audio_uri: str, options: RecognitionOptions
-    ) -> AsyncIterator[Delta | Result]:
+    ) -> AsyncGenerator[Delta | Result, None]:
         """Yield deltas as they arrive, then exactly one Result."""
         body = orjson.dumps(self._body(audio_uri, options))
         headers = {**self._headers(), "Content-Type": "application/json"}
