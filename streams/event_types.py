@@ -10,13 +10,16 @@ schema property is a required key here, every optional one an optional key, and 
 from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
+    "Analytics",
     "Channels",
+    "EmotionSpan",
     "ErrorInfo",
     "FailedEvent",
     "FinalEvent",
     "PartialEvent",
     "Recognition",
     "RecordingEvent",
+    "RoleAnalytics",
     "Segment",
     "TerminalEvent",
     "Timings",
@@ -106,6 +109,43 @@ class Timings(TypedDict):
     total_s: float
 
 
+class RoleAnalytics(TypedDict):
+    """One role's figures in ``analytics`` (docs/analytics.md)."""
+
+    role: str | None
+    talk_s: float
+    talk_share: float
+    words: int
+    words_per_minute: float | None
+    interruptions: int | None
+
+
+class EmotionSpan(TypedDict):
+    """One entry of the emotion timeline."""
+
+    role: str | None
+    start_s: float
+    end_s: float
+    emotion: str
+
+
+class Analytics(TypedDict):
+    """``analytics`` of a final event: talk, silence, overlap, hold (docs/analytics.md)."""
+
+    duration_s: float
+    talk_s: float
+    non_talk_s: float
+    hold_s: float
+    longest_silence_s: float
+    longest_silence_start_s: float | None
+    overlap_s: float | None
+    overlaps: int | None
+    interruptions: int | None
+    first_agent_response_s: float | None
+    roles: list[RoleAnalytics]
+    emotions: list[EmotionSpan]
+
+
 class FinalEvent(TypedDict):
     """A recording's transcript (``final.schema.json``)."""
 
@@ -131,6 +171,7 @@ class FinalEvent(TypedDict):
     timings: Timings
     call: dict[str, Any]
     completed_at: str
+    analytics: NotRequired[Analytics]
 
 
 class ErrorInfo(TypedDict):

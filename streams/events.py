@@ -18,6 +18,7 @@ import jsonschema
 import orjson
 
 import schemas
+from streams.analytics import call_analytics, talk_spans
 from streams.api_limits import MAX_CONTEXT_TOKENS, count_tokens
 from streams.chunking import Plan, Request
 from streams.errors import InvalidEvent, PipelineError
@@ -205,11 +206,13 @@ def final_event(
     timings: Mapping[str, float | None],
     backend: str,
     price_per_second_usd: float,
+    hold: Sequence[tuple[float, float]] = (),
 ) -> FinalEvent:
     """The final event of a recording from its requests' results, in request order.
 
     ``split``: the channels were transcribed apart, so the event carries the conversation as
-    turns and its text as ``role: text`` lines.
+    turns and its text as ``role: text`` lines. ``hold``: where the call was on hold, in
+    seconds on its timeline (no talk is counted there).
     """
     segments: list[Segment] = []
     for request, result in results:
@@ -263,6 +266,12 @@ def final_event(
         "timings": _rounded(timings),
         "call": recording.call,
         "completed_at": now_iso(),
+        "analytics": call_analytics(
+            talk_spans(requests, recording.roles if split else (None,)),
+            segments,
+            duration_s=audio_seconds,
+            hold=hold,
+        ).to_json(),
     }
 
 

@@ -27,6 +27,13 @@ SHAPES = [
     pytest.param(event_types.Segment, ("final", "segments"), id="final.segments"),
     pytest.param(event_types.Turn, ("final", "turns"), id="final.turns"),
     pytest.param(event_types.Timings, ("final", "timings"), id="final.timings"),
+    pytest.param(event_types.Analytics, ("final", "analytics"), id="final.analytics"),
+    pytest.param(
+        event_types.RoleAnalytics, ("final", "analytics", "roles"), id="final.analytics.roles"
+    ),
+    pytest.param(
+        event_types.EmotionSpan, ("final", "analytics", "emotions"), id="final.analytics.emotions"
+    ),
     pytest.param(event_types.FailedEvent, ("failed",), id="failed"),
     pytest.param(event_types.ErrorInfo, ("failed", "error"), id="failed.error"),
 ]
@@ -46,10 +53,14 @@ def test_every_object_of_the_contracts_has_a_typed_dict() -> None:
     """A new nested object in a schema needs its TypedDict (and a line in SHAPES)."""
     covered = {param.values[1] for param in SHAPES}
     found: set[tuple[str, ...]] = set()
+
+    def walk(node: dict[str, Any], path: tuple[str, ...]) -> None:
+        found.add(path)
+        for prop, child in node["properties"].items():
+            child = child.get("items", child)
+            if child.get("type") == "object" and "properties" in child:
+                walk(child, (*path, prop))
+
     for name in ("recording", "partial", "final", "failed"):
-        found.add((name,))
-        for prop, node in schemas.load(name)["properties"].items():
-            node = node.get("items", node)
-            if node.get("type") == "object" and "properties" in node:
-                found.add((name, prop))
+        walk(schemas.load(name), (name,))
     assert found == covered

@@ -22,6 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2] / "streams"
 
 STAGES = (
+    "analytics",
     "api_limits",
     "audiowork",
     "chunking",

@@ -1,0 +1,193 @@
+"""Accuracy of the call analytics (streams/analytics.py) on the call corpus (calls.py).
+
+Each call goes through the worker's own decode, VAD and plan (streams/audiowork.py, ``packed``
+plan, the default settings); its figures are then compared with the same figures computed on
+the generator's ground truth: each channel's words, joined across pauses shorter than the
+silence threshold as the VAD measures it (the definition of talk in docs/analytics.md). The
+hold stretch is given to both from the truth, as the music detector will give it. Speaking
+rate and emotion are not measured here: their inputs are the recogniser's words and labels.
+
+    python -m tests.benchmarks.bench_analytics            # the whole corpus, about a minute
+    python -m tests.benchmarks.bench_analytics --quick    # three calls
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from streams.analytics import (
+    VAD_HANGOVER_S,
+    VAD_ONSET_S,
+    CallAnalytics,
+    call_analytics,
+    talk_spans,
+)
+from streams.audiowork import decode_and_plan
+from streams.chunking import ChunkPolicy
+from streams.decode import SAMPLE_RATE
+from streams.events import Recording
+from streams.vad import FRAME_SAMPLES
+from tests.benchmarks.calls import ROLES, Call, CallTruth, build_calls
+
+__all__ = [
+    "BRIDGED_S",
+    "FIGURES",
+    "borderline_pauses",
+    "errors",
+    "main",
+    "measured",
+    "truth_analytics",
+    "truth_talk",
+]
+
+FIGURES = (
+    "talk_agent_s",
+    "talk_customer_s",
+    "non_talk_s",
+    "hold_s",
+    "longest_silence_s",
+    "overlap_s",
+    "overlaps",
+    "interruptions",
+    "first_agent_response_s",
+)
+"""The figures compared: seconds, then counts."""
+POLICY = ChunkPolicy()
+
+
+# The plan joins speech across pauses the VAD measures under its silence threshold (in whole
+# frames); the VAD's edges make a pause look shorter than it is by its onset and hang-over.
+_FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
+BRIDGED_S = round(POLICY.silence_s / _FRAME_S) * _FRAME_S + VAD_ONSET_S + VAD_HANGOVER_S
+BORDERLINE_S = 0.06
+"""Pauses this close to :data:`BRIDGED_S` are joined or not as the VAD's frame edges fall."""
+
+
+def borderline_pauses(truth: CallTruth) -> list[float]:
+    """The pauses between one channel's words that the VAD may join or not (seconds)."""
+    out = []
+    for channel in range(len(ROLES)):
+        words = sorted(w for t in truth.talk if t.channel == channel for w in t.words)
+        for (_, b), (a, _) in itertools.pairwise(words):
+            if abs((a - b) / SAMPLE_RATE - BRIDGED_S) < BORDERLINE_S:
+                out.append((a - b) / SAMPLE_RATE)
+    return out
+
+
+def truth_talk(truth: CallTruth, silence_s: float = BRIDGED_S) -> dict[str | None, list]:
+    """Each role's words, joined across pauses shorter than ``silence_s``, in seconds."""
+    talk: dict[str | None, list] = {}
+    for channel, role in enumerate(ROLES):
+        words = sorted(w for t in truth.talk if t.channel == channel for w in t.words)
+        joined: list[list[int]] = []
+        for a, b in words:
+            if joined and a - joined[-1][1] < silence_s * SAMPLE_RATE:
+                joined[-1][1] = max(joined[-1][1], b)
+            else:
+                joined.append([a, b])
+        talk[role] = [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in joined]
+    return talk
+
+
+def _hold(truth: CallTruth) -> list[tuple[float, float]]:
+    return [(truth.hold[0] / SAMPLE_RATE, truth.hold[1] / SAMPLE_RATE)] if truth.hold else []
+
+
+def truth_analytics(call: Call) -> CallAnalytics:
+    """The figures of the call's ground truth."""
+    truth = call.truth
+    return call_analytics(truth_talk(truth), [], duration_s=truth.duration_s, hold=_hold(truth))
+
+
+def measured(call: Call, spool: Path, *, hold: bool = True) -> CallAnalytics:
+    """The figures the worker computes: decode, VAD, ``packed`` plan, then the analytics."""
+    recording = Recording(
+        recording_id=call.spec.name,
+        audio_url=call.path.as_uri(),
+        model="qwen3-asr-flash",
+        language=None,
+        enable_itn=False,
+        context="",
+        layout="split",
+        roles=ROLES,
+    )
+    planned = decode_and_plan(
+        call.path,
+        spool,
+        recording=recording,
+        split_plan="packed",
+        max_duration_s=4 * 3600,
+        policy=POLICY,
+        vad_aggressiveness=1,
+    )
+    return call_analytics(
+        talk_spans(planned.requests, ROLES),
+        [],
+        duration_s=planned.audio.duration_s,
+        hold=_hold(call.truth) if hold else (),
+    )
+
+
+def _values(figures: CallAnalytics) -> dict[str, float | None]:
+    talk = {r.role: r.talk_s for r in figures.roles}
+    return {
+        "talk_agent_s": talk["agent"],
+        "talk_customer_s": talk["customer"],
+        "non_talk_s": figures.non_talk_s,
+        "hold_s": figures.hold_s,
+        "longest_silence_s": figures.longest_silence_s,
+        "overlap_s": figures.overlap_s,
+        "overlaps": figures.overlaps,
+        "interruptions": figures.interruptions,
+        "first_agent_response_s": figures.first_agent_response_s,
+    }
+
+
+def errors(got: CallAnalytics, truth: CallAnalytics) -> dict[str, tuple[float, float]]:
+    """Per figure: (truth, measured minus truth); NaN where either is null."""
+    out = {}
+    for name, (g, t) in zip(
+        FIGURES, zip(_values(got).values(), _values(truth).values(), strict=True), strict=True
+    ):
+        nan = float("nan")
+        out[name] = (t if t is not None else nan, g - t if g is not None and t is not None else nan)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print each call's errors and, over the corpus, the mean and largest absolute error."""
+    quick = "--quick" in (argv or [])
+    calls = build_calls()
+    if quick:
+        calls = calls[1:4]
+    rows: dict[str, list[float]] = {name: [] for name in FIGURES}
+    print("| call | " + " | ".join(FIGURES) + " |")
+    print("|---|" + "---|" * len(FIGURES))
+    with tempfile.TemporaryDirectory(prefix="bench-analytics-") as tmp:
+        for call in calls:
+            spool = Path(tmp) / call.spec.name
+            spool.mkdir()
+            found = errors(measured(call, spool), truth_analytics(call))
+            cells = []
+            for name, (truth, error) in found.items():
+                rows[name].append(error)
+                cells.append(f"{truth:.2f} ({error:+.2f})")
+            print(f"| {call.spec.name} | " + " | ".join(cells) + " |")
+    print("\nTruth (measured minus truth) per call. Over the corpus:\n")
+    print("| figure | mean abs error | largest abs error | calls within 0.3 s / 1 |")
+    print("|---|---|---|---|")
+    for name, values in rows.items():
+        err = np.abs(np.array([v for v in values if not np.isnan(v)]))
+        bound = 1.0 if name in ("overlaps", "interruptions") else 0.3
+        within = int(np.sum(err <= bound + 1e-9))
+        print(f"| {name} | {err.mean():.3f} | {err.max():.3f} | {within} of {len(err)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
