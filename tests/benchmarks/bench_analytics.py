@@ -166,26 +166,33 @@ def main(argv: list[str] | None = None) -> int:
     if quick:
         calls = calls[1:4]
     rows: dict[str, list[float]] = {name: [] for name in FIGURES}
-    print("| call | " + " | ".join(FIGURES) + " |")
-    print("|---|" + "---|" * len(FIGURES))
+    truths: dict[str, list[float]] = {name: [] for name in FIGURES}
+    print("| call | borderline pauses | " + " | ".join(FIGURES) + " |")
+    print("|---|---|" + "---|" * len(FIGURES))
     with tempfile.TemporaryDirectory(prefix="bench-analytics-") as tmp:
         for call in calls:
             spool = Path(tmp) / call.spec.name
             spool.mkdir()
             found = errors(measured(call, spool), truth_analytics(call))
-            cells = []
+            cells = [str(len(borderline_pauses(call.truth)))]
             for name, (truth, error) in found.items():
                 rows[name].append(error)
+                truths[name].append(truth)
                 cells.append(f"{truth:.2f} ({error:+.2f})")
             print(f"| {call.spec.name} | " + " | ".join(cells) + " |")
     print("\nTruth (measured minus truth) per call. Over the corpus:\n")
-    print("| figure | mean abs error | largest abs error | calls within 0.3 s / 1 |")
-    print("|---|---|---|---|")
+    print("| figure | mean abs error | largest abs error | error / truth | within 0.3 s (1) |")
+    print("|---|---|---|---|---|")
     for name, values in rows.items():
         err = np.abs(np.array([v for v in values if not np.isnan(v)]))
+        total = sum(abs(t) for t in truths[name] if not np.isnan(t))
+        share = f"{100 * err.sum() / total:.1f} %" if total else "-"
         bound = 1.0 if name in ("overlaps", "interruptions") else 0.3
         within = int(np.sum(err <= bound + 1e-9))
-        print(f"| {name} | {err.mean():.3f} | {err.max():.3f} | {within} of {len(err)} |")
+        print(
+            f"| {name} | {err.mean():.3f} | {err.max():.3f} | {share} "
+            f"| {within} of {len(err)} calls |"
+        )
     return 0
 
 
