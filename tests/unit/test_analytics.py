@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
+import schemas
 from streams.analytics import (
     VAD_HANGOVER_S,
     VAD_ONSET_S,
@@ -17,7 +19,9 @@ from streams.analytics import (
     word_count,
 )
 from streams.chunking import ChunkPolicy, SpeechMap, plan_requests
-from streams.event_types import Segment
+from streams.event_types import FinalEvent, Segment
+from streams.events import RecognitionDefaults, final_event, parse_recording
+from streams.transcribe import Result
 from tests.benchmarks.bench_analytics import (
     borderline_pauses,
     errors,
@@ -235,3 +239,54 @@ def test_hold_given_by_the_detector_is_reported(tmp_path: Path) -> None:
     agent = next(r for r in unheld.roles if r.role == "agent")
     assert agent.talk_s > found["talk_agent_s"][0] + 10
     assert unheld.hold_s == 0
+
+
+def _final(results: list, *, split: bool, hold: list[tuple[float, float]]) -> FinalEvent:
+    recording = parse_recording(
+        orjson.dumps({"schema_version": 2, "recording_id": "r", "audio_url": "file:///a.wav"}),
+        RecognitionDefaults(model="qwen3-asr-flash"),
+    )
+    return final_event(
+        recording,
+        results,
+        plan="packed",
+        split=split,
+        audio_seconds=60.0,
+        attempts=1,
+        timings={},
+        backend="dashscope",
+        price_per_second_usd=0.0,
+        hold=hold,
+    )
+
+
+def test_the_final_event_carries_the_analytics_of_its_requests() -> None:
+    """One packed request per channel; the hold the detector found is reported, not talked."""
+    requests = plan_requests(
+        [_map([(1.0, 4.0), (30.0, 50.0)], 60.0), _map([(4.5, 9.0)], 60.0)],
+        ("agent", "customer"),
+        ChunkPolicy(),
+        plan="packed",
+        sample_rate=RATE,
+    )
+    results = [(r, Result("one two three", "en", "neutral", 5, None)) for r in requests if r.role]
+    final = _final(results, split=True, hold=[(30.0, 50.0)])
+    assert not list(schemas.validator("final").iter_errors(final))
+    figures = final["analytics"]
+    edges = VAD_ONSET_S + VAD_HANGOVER_S
+    assert figures["hold_s"] == 20.0
+    assert [(r["role"], r["words"]) for r in figures["roles"]] == [("agent", 3), ("customer", 3)]
+    talk = {r["role"]: r["talk_s"] for r in figures["roles"]}
+    assert talk["agent"] == pytest.approx(3.0 - edges, abs=0.031)
+    assert talk["customer"] == pytest.approx(4.5 - edges, abs=0.031)
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_a_call_without_requests_still_gets_analytics(split: bool) -> None:
+    """Nothing was planned (a silent recording): figures are zeros and nulls, schema-valid."""
+    final = _final([], split=split, hold=[])
+    assert not list(schemas.validator("final").iter_errors(final))
+    figures = final["analytics"]
+    assert figures["talk_s"] == 0
+    assert figures["non_talk_s"] == 60.0
+    assert [r["role"] for r in figures["roles"]] == (["agent", "customer"] if split else [None])
