@@ -269,7 +269,7 @@ def test_the_final_event_carries_the_analytics_of_its_requests() -> None:
         plan="packed",
         sample_rate=RATE,
     )
-    results = [(r, Result("one two three", "en", "neutral", 5, None)) for r in requests if r.role]
+    results = [(r, Result("one two three", "en", "neutral", 5, None)) for r in requests]
     final = _final(results, split=True, hold=[(30.0, 50.0)])
     assert not list(schemas.validator("final").iter_errors(final))
     figures = final["analytics"]
