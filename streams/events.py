@@ -92,6 +92,8 @@ class Recording:
     mixed_languages: bool = False
     call: dict[str, Any] = field(default_factory=dict)
     original: dict[str, Any] = field(default_factory=dict)
+    redaction: dict[str, Any] | None = None
+    """The event's ``redaction`` object (kinds, style); None: the worker's settings decide."""
 
 
 def recording_id_of(raw: bytes) -> str | None:
@@ -160,6 +162,7 @@ def parse_recording(raw: bytes, defaults: RecognitionDefaults) -> Recording:
         mixed_languages=recognition.get("mixed_languages", defaults.mixed_languages),
         call=data.get("call", {}),
         original=data,
+        redaction=data.get("redaction"),
     )
 
 
@@ -175,9 +178,15 @@ def partial_event(
     chunk_start_s: float,
     delta: str,
     text: str,
+    redacted: bool | None = None,
+    held_back_chars: int = 0,
 ) -> PartialEvent:
-    """One delta of one request: ``text`` is the request's transcript so far."""
-    return {
+    """One delta of one request: ``text`` is the request's transcript so far.
+
+    ``redacted`` (None: redaction is off) and ``held_back_chars`` come from redaction
+    (streams/redaction_publish.py): text replaced, and characters not shown yet.
+    """
+    event: PartialEvent = {
         "schema_version": schemas.SCHEMA_VERSION,
         "type": "partial",
         "recording_id": recording_id,
@@ -192,6 +201,10 @@ def partial_event(
         "text": text,
         "emitted_at": now_iso(),
     }
+    if redacted is not None:
+        event["redacted"] = redacted
+        event["held_back_chars"] = held_back_chars
+    return event
 
 
 def final_event(

@@ -22,11 +22,16 @@ SHAPES = [
     pytest.param(event_types.RecordingEvent, ("recording",), id="recording"),
     pytest.param(event_types.Channels, ("recording", "channels"), id="recording.channels"),
     pytest.param(event_types.Recognition, ("recording", "recognition"), id="recording.recognition"),
+    pytest.param(event_types.Redaction, ("recording", "redaction"), id="recording.redaction"),
     pytest.param(event_types.PartialEvent, ("partial",), id="partial"),
     pytest.param(event_types.FinalEvent, ("final",), id="final"),
     pytest.param(event_types.Segment, ("final", "segments"), id="final.segments"),
     pytest.param(event_types.Turn, ("final", "turns"), id="final.turns"),
     pytest.param(event_types.Timings, ("final", "timings"), id="final.timings"),
+    pytest.param(event_types.Redactions, ("final", "redactions"), id="final.redactions"),
+    pytest.param(
+        event_types.RedactionItem, ("final", "redactions", "items"), id="final.redactions.items"
+    ),
     pytest.param(event_types.FailedEvent, ("failed",), id="failed"),
     pytest.param(event_types.ErrorInfo, ("failed", "error"), id="failed.error"),
 ]
@@ -44,7 +49,8 @@ def test_a_typed_dict_has_the_keys_of_its_schema_object(shape: Any, where: tuple
 
 def test_every_object_of_the_contracts_has_a_typed_dict() -> None:
     """A new nested object in a schema needs its TypedDict (and a line in SHAPES)."""
-    covered = {param.values[1] for param in SHAPES}
+    # Objects nested deeper (final.redactions.items) are listed in SHAPES but not searched here.
+    covered = {param.values[1] for param in SHAPES if len(param.values[1]) <= 2}
     found: set[tuple[str, ...]] = set()
     for name in ("recording", "partial", "final", "failed"):
         found.add((name,))
