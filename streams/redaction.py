@@ -128,6 +128,11 @@ _SPOKEN_EMAIL = re.compile(
 _WRITTEN_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{1,4}){3,8}\b")
 _COUNTRY_BEFORE = re.compile(r"([A-Za-z])\s*\.?\s*([A-Za-z])\s*$")
 _CONTEXT_REACH = 60
+# Seven to nine digits make many a local phone number, and as many order and ticket numbers:
+# without a country code they are a phone only when the words around ask for one.
+_PHONE_CONTEXT = re.compile(
+    r"call|phone|mobile|cell|reach|dial|telefon|handy|rufnummer|anruf|电话|手机", re.I
+)
 _PHONE_PREFIX = re.compile(r"(?:\+|plus\s*|00)$", re.I)
 
 
@@ -179,18 +184,21 @@ def _is_national_id(digits: str, before: str) -> bool:
 
 
 def _cards(run: DigitRun) -> Iterator[Span]:
-    """Card numbers in a run: the whole run, else windows of whole groups (a stray "oh" or a
-    count said just before the number must not hide it)."""
+    """The longest card number in a run: the whole run, else a window of whole groups (a stray
+    "oh" or a count said just before the number must not hide it)."""
     groups = run.groups
+    best: Span | None = None
     for i in range(len(groups)):
         digits = ""
         for j in range(i, len(groups)):
             digits += groups[j].digits
             if len(digits) > 19:
                 break
-            if len(digits) >= 13 and digits[0] in "23456" and luhn.is_valid(digits):
-                yield Span("card", groups[i].start, groups[j].end, digits)
-                return
+            longer = best is None or len(digits) > len(best.value)
+            if longer and len(digits) >= 13 and digits[0] in "23456" and luhn.is_valid(digits):
+                best = Span("card", groups[i].start, groups[j].end, digits)
+    if best is not None:
+        yield best
 
 
 def _is_phone(text: str, run: DigitRun, policy: RedactionPolicy) -> bool:
@@ -199,7 +207,14 @@ def _is_phone(text: str, run: DigitRun, policy: RedactionPolicy) -> bool:
     candidates = [f"+{digits}"] if prefix or digits.startswith("00") else []
     if digits.startswith("00"):
         candidates = [f"+{digits[2:]}"]
-    for number, region in [(c, None) for c in candidates] + [(digits, r) for r in policy.regions]:
+    regions = policy.regions
+    if (
+        len(digits) < 10
+        and not candidates
+        and not _PHONE_CONTEXT.search(text, max(0, run.start - _CONTEXT_REACH), run.start)
+    ):
+        regions = ()
+    for number, region in [(c, None) for c in candidates] + [(digits, r) for r in regions]:
         try:
             if phonenumbers.is_valid_number(phonenumbers.parse(number, region)):
                 return True
@@ -224,7 +239,7 @@ def _ibans(text: str, runs: Iterable[DigitRun]) -> Iterator[Span]:
 
 def _without_overlaps(spans: list[Span]) -> list[Span]:
     # Earlier-listed kinds win a tie at the same start: they are the more specific checks.
-    order = {kind: i for i, kind in enumerate(("iban", "card", "national_id", "email"))}
+    order = {kind: i for i, kind in enumerate(("iban", "card", "national_id", "email", "account"))}
     spans.sort(key=lambda s: (s.start, order.get(s.kind, 9), -(s.end - s.start)))
     kept: list[Span] = []
     for span in spans:

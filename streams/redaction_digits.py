@@ -47,6 +47,7 @@ _TOKEN = re.compile(rf"\d+|[{_CJK_DIGITS}]|[^\W\d_{_CJK_DIGITS}]+", re.UNICODE)
 # What may stand between two groups of one number: pauses written as spaces, commas, dashes,
 # slashes, dots, brackets (phones), and the full-width commas of Chinese text.
 _GAP = re.compile(r"[\s,\-\u2013\u2014/.()\uff0c\u3001]{0,4}")
+_ADDRESSY = re.compile(r"@|\w[._+]\w|\d")
 _TAIL = re.compile(r"[\s,\-\u2013\u2014/.()+\uff0c\u3001]*")
 
 
@@ -97,9 +98,11 @@ def _groups(text: str) -> list[Group | None]:
             repeat = 0
             out.append(None)
             continue
+        start = match.start()
         if repeat:
-            digits = digits * repeat
-            repeat = 0
+            # "double four" is one group "44" from "double" on
+            digits, repeat = digits * repeat, 0
+            start = out.pop().start  # type: ignore[union-attr]
         last = out[-1] if out else None
         if (
             last is not None
@@ -111,7 +114,7 @@ def _groups(text: str) -> list[Group | None]:
             # "twenty seven" is 27, not 207
             out[-1] = Group(last.start, match.end(), last.digits[0] + digits)
             continue
-        out.append(Group(match.start(), match.end(), digits))
+        out.append(Group(start, match.end(), digits))
     return out
 
 
@@ -122,9 +125,9 @@ def digit_runs(text: str) -> list[DigitRun]:
 
     def close() -> None:
         # A trailing "double" with nothing after it, and weak zeros at either end, are words.
-        while current and (not current[-1].digits or _weak(text, current[-1])):
+        while current and (not current[-1].digits or _weak(text, current, -1)):
             current.pop()
-        while current and (not current[0].digits or _weak(text, current[0])):
+        while current and (not current[0].digits or _weak(text, current, 0)):
             current.pop(0)
         if current:
             runs.append(DigitRun(current[0].start, current[-1].end, tuple(current)))
@@ -141,20 +144,31 @@ def digit_runs(text: str) -> list[DigitRun]:
     return runs
 
 
-def _weak(text: str, group: Group) -> bool:
-    return text[group.start : group.end].lower() in _WEAK
+def _weak(text: str, run: list[Group], end: int) -> bool:
+    """Whether the group at ``end`` (0 or -1) of ``run`` is a zero said as a word ("oh") that
+    is not part of the number: alone, or set off from it by punctuation ("Oh, 4111 ...")."""
+    group = run[end]
+    if text[group.start : group.end].lower() not in _WEAK:
+        return False
+    if len(run) == 1:
+        return True
+    other = run[1] if end == 0 else run[-2]
+    gap = text[group.end : other.start] if end == 0 else text[other.end : group.start]
+    return not gap.isspace()
 
 
 def open_tail(text: str) -> int:
     """Where the part of ``text`` that the next words may still change begins.
 
     That is the last run of digits (with the separators after it) when nothing else follows
-    it, else the last word when the text does not end in a space: a delta may end inside a
-    number or inside a word ("john.smith@exa"). ``len(text)`` when nothing is open.
+    it, and a last word that may be part of an address or a number ("john.smith@exa",
+    "4111-11") until a space ends it. ``len(text)`` when nothing is open.
     """
     cut = len(text)
-    if text and not text[-1].isspace():
-        cut = max(text.rfind(" "), text.rfind("\n")) + 1
+    last = max(text.rfind(" "), text.rfind("\n")) + 1
+    if _ADDRESSY.search(text, last):
+        # An address being written ("john.smith@exa"): shown once a space ends it.
+        cut = last
     runs = digit_runs(text)
     if runs and _TAIL.fullmatch(text, runs[-1].end):
         cut = min(cut, runs[-1].start)
