@@ -46,9 +46,13 @@ _CJK_DIGITS = "零〇一二三四五六七八九幺两"
 _TOKEN = re.compile(rf"\d+|[{_CJK_DIGITS}]|[^\W\d_{_CJK_DIGITS}]+", re.UNICODE)
 # What may stand between two groups of one number: pauses written as spaces, commas, dashes,
 # slashes, dots, brackets (phones), and the full-width commas of Chinese text.
-_GAP = re.compile(r"[\s,\-\u2013\u2014/.()\uff0c\u3001]{0,4}")
+# Hesitations inside a number ("four one one, uh, one") do not end it.
+_FILLERS = frozenset({"uh", "um", "umm", "er", "erm", "äh", "ähm", "hmm"})
+_SEP = r"[\s,\-\u2013\u2014/.()\uff0c\u3001]"
+_FILLER = "(?:" + "|".join(sorted(_FILLERS)) + r")\b"
+_GAP = re.compile(rf"(?:{_SEP}{{0,4}}{_FILLER})*{_SEP}{{0,4}}", re.I)
 _ADDRESSY = re.compile(r"@|\w[._+]\w|\d")
-_TAIL = re.compile(r"[\s,\-\u2013\u2014/.()+\uff0c\u3001]*")
+_TAIL = re.compile(rf"(?:{_SEP}|\+|{_FILLER})*", re.I)
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ def _groups(text: str) -> list[Group | None]:
             digits = _TEENS[low]
         elif low in _TENS:
             digits = _TENS[low] + "0"
+        elif low in _FILLERS:
+            continue
         elif low in _REPEAT:
             repeat = _REPEAT[low]
             out.append(Group(match.start(), match.end(), ""))
@@ -164,6 +170,11 @@ def open_tail(text: str) -> int:
     it, and a last word that may be part of an address or a number ("john.smith@exa",
     "4111-11") until a space ends it. ``len(text)`` when nothing is open.
     """
+    # A trailing "double"/"oh" may begin or go on with a number: decide without it.
+    words = list(_TOKEN.finditer(text))
+    opener = words and words[-1].group().lower() in (_REPEAT.keys() | _WEAK)
+    if opener and _TAIL.fullmatch(text, words[-1].end()):
+        return open_tail(text[: words[-1].start()])
     cut = len(text)
     last = max(text.rfind(" "), text.rfind("\n")) + 1
     if _ADDRESSY.search(text, last):
@@ -172,9 +183,4 @@ def open_tail(text: str) -> int:
     runs = digit_runs(text)
     if runs and _TAIL.fullmatch(text, runs[-1].end):
         cut = min(cut, runs[-1].start)
-    # A trailing "double"/"oh" is the start of a run that has no digits yet.
-    words = list(_TOKEN.finditer(text))
-    opener = words and words[-1].group().lower() in (_REPEAT.keys() | _WEAK)
-    if opener and _TAIL.fullmatch(text, words[-1].end()):
-        cut = min(cut, words[-1].start())
     return cut
