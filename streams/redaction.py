@@ -162,7 +162,9 @@ def _classify(text: str, run: DigitRun, policy: RedactionPolicy) -> Iterator[Spa
     if "national_id" in kinds and _is_national_id(digits, before):
         yield Span("national_id", run.start, run.end, digits)
     if "phone" in kinds and 7 <= len(digits) <= 15 and _is_phone(text, run, policy):
-        yield Span("phone", run.start, run.end, digits)
+        # "(415) 555-2671", "+49 30 ...": the bracket or plus goes with the number
+        start = run.start - (run.start > 0 and text[run.start - 1] in "(+")
+        yield Span("phone", start, run.end, digits)
     if "account" in kinds and 6 <= len(digits) <= 18 and _ACCOUNT_CONTEXT.search(before):
         yield Span("account", run.start, run.end, digits)
     month = int(digits[:-2] if len(digits) in (3, 4) else digits[:2] or "0")
