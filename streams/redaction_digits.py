@@ -51,6 +51,7 @@ _FILLERS = frozenset({"uh", "um", "umm", "er", "erm", "äh", "ähm", "hmm"})
 _SEP = r"[\s,\-\u2013\u2014/.()\uff0c\u3001]"
 _FILLER = "(?:" + "|".join(sorted(_FILLERS)) + r")\b"
 _GAP = re.compile(rf"(?:{_SEP}{{0,4}}{_FILLER})*{_SEP}{{0,4}}", re.I)
+_CLOSED = re.compile(r"(?:[?!\u3002\uff1f\uff01]|(?<![0-9])\.)[\s\"'\u201d]*$")
 _ADDRESSY = re.compile(r"@|\w[._+]\w|\d")
 _TAIL = re.compile(rf"(?:{_SEP}|\+|{_FILLER})*", re.I)
 
@@ -168,8 +169,13 @@ def open_tail(text: str) -> int:
 
     That is the last run of digits (with the separators after it) when nothing else follows
     it, and a last word that may be part of an address or a number ("john.smith@exa",
-    "4111-11") until a space ends it. ``len(text)`` when nothing is open.
+    "4111-11") until a space ends it. ``len(text)`` when nothing is open, and when the text
+    ends a sentence.
     """
+    if _CLOSED.search(text):
+        # A sentence ended: the recogniser does not put a full stop inside a number (a "."
+        # right after digits may be a decimal point or a group separator, so that stays open).
+        return len(text)
     # A trailing "double"/"oh" may begin or go on with a number: decide without it.
     words = list(_TOKEN.finditer(text))
     opener = words and words[-1].group().lower() in (_REPEAT.keys() | _WEAK)
