@@ -92,8 +92,7 @@ class Recording:
     mixed_languages: bool = False
     call: dict[str, Any] = field(default_factory=dict)
     original: dict[str, Any] = field(default_factory=dict)
-    redaction: dict[str, Any] | None = None
-    """The event's ``redaction`` object (kinds, style); None: the worker's settings decide."""
+    redaction: dict[str, Any] | None = None  # the event's own; None: the settings decide
 
 
 def recording_id_of(raw: bytes) -> str | None:
@@ -178,15 +177,9 @@ def partial_event(
     chunk_start_s: float,
     delta: str,
     text: str,
-    redacted: bool | None = None,
-    held_back_chars: int = 0,
 ) -> PartialEvent:
-    """One delta of one request: ``text`` is the request's transcript so far.
-
-    ``redacted`` (None: redaction is off) and ``held_back_chars`` come from redaction
-    (streams/redaction_publish.py): text replaced, and characters not shown yet.
-    """
-    event: PartialEvent = {
+    """One delta of one request: ``text`` is the request's transcript so far."""
+    return {
         "schema_version": schemas.SCHEMA_VERSION,
         "type": "partial",
         "recording_id": recording_id,
@@ -201,10 +194,6 @@ def partial_event(
         "text": text,
         "emitted_at": now_iso(),
     }
-    if redacted is not None:
-        event["redacted"] = redacted
-        event["held_back_chars"] = held_back_chars
-    return event
 
 
 def final_event(

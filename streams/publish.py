@@ -107,9 +107,10 @@ class Publisher:
             chunk_start_s=chunk_start_s,
             delta=delta,
             text=text,
-            redacted=redacted,
-            held_back_chars=held_back_chars,
         )
+        if redacted is not None:  # redaction is on (streams/redaction_publish.py)
+            event["redacted"] = redacted
+            event["held_back_chars"] = held_back_chars
         await self._sender.send(
             self._topics.partial, recording_id.encode(), dumps(event), wait=False
         )

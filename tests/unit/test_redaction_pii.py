@@ -6,10 +6,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
 import pytest
 
+import schemas
 from streams.config import Settings
 from streams.event_types import FailedEvent, FinalEvent
+from streams.publish import Publisher, TopicNames
 from streams.redaction import RedactionPolicy, redact, redact_pieces
 from streams.redaction_digits import DIGIT_WORDS, digit_runs
 from streams.redaction_publish import RedactingPublisher, policy_from_event
@@ -273,3 +276,32 @@ def test_settings_choose_kinds_and_style(monkeypatch: pytest.MonkeyPatch) -> Non
     assert policy.style == "mask"
     monkeypatch.setenv("STREAMS_REDACT", "none")
     assert redaction_policy(Settings()).kinds == frozenset()
+
+
+class _Sender:
+    def __init__(self) -> None:
+        self.values: list[dict[str, Any]] = []
+
+    async def send(self, topic: str, key: bytes, value: bytes, *, wait: bool) -> None:
+        self.values.append(orjson.loads(value))
+
+
+async def test_partial_events_carry_the_redaction_fields_their_schema_allows() -> None:
+    """Through the real publisher, a redacted partial says so and still meets its schema."""
+    sender = _Sender()
+    topics = TopicNames(partial="p", final="f", failed="x")
+    publisher = RedactingPublisher(Publisher(sender, topics), POLICY)
+    for sequence, text in enumerate([f"card {CARD[:8]}", f"card {CARD} ok"]):
+        await publisher.partial(
+            "rec-1", run=1, attempt=1, sequence=sequence, channel=0, role=None, chunk_index=0,
+            chunk_start_s=0.0, delta="", text=text,
+        )  # fmt: skip
+    first, second = sender.values
+    assert (first["text"], first["redacted"], first["held_back_chars"]) == ("card ", False, 8)
+    assert (second["text"], second["delta"], second["redacted"]) == (
+        "card [CARD] ok",
+        "[CARD] ok",
+        True,
+    )
+    for value in sender.values:
+        assert not list(schemas.validator("partial").iter_errors(value))
