@@ -244,9 +244,25 @@ _NEGATIVES = [
 ]
 
 
+def _generated_negatives(rng: random.Random) -> Iterator[Case]:
+    """Everyday numbers with fresh values: prices, times, quantities, dates, order numbers."""
+    for _ in range(40):
+        price = f"{rng.randint(1, 2999)}.{rng.randint(0, 99):02}"
+        yield Case(f"the total is ${price} for {rng.randint(2, 40)} items", "en")
+        yield Case(f"call me back at {rng.randint(1, 12)}:{rng.randint(0, 59):02} please", "en")
+        order = str(rng.randint(10_000, 9_999_999))
+        yield Case(f"my order number is {order}", "en")
+        yield Case(f"it's order {_words(order[:5], _EN)} from last week", "en")
+        day = f"{rng.randint(1, 28):02}.{rng.randint(1, 12):02}.{rng.randint(2019, 2026)}"
+        yield Case(f"Die Rechnung vom {day} über {rng.randint(10, 999)} Euro", "de")
+        count = _words(str(rng.randint(2, 99)), _ZH, "")
+        yield Case(f"我订了{count}个, {rng.randint(2, 9)}点到", "zh")
+
+
 def cases(seed: int = 11) -> list[Case]:
     """The whole set: entities of every kind in every form, then the negatives."""
     rng = random.Random(seed)  # noqa: S311 (made-up numbers, repeatable)
     out = list(_numbers(rng)) + list(_others(rng))
     out += [Case(text, language) for language, text in _NEGATIVES]
+    out += list(_generated_negatives(rng))
     return out
