@@ -161,6 +161,10 @@ def _classify(text: str, run: DigitRun, policy: RedactionPolicy) -> Iterator[Spa
         yield from _cards(run)
     if "national_id" in kinds and _is_national_id(digits, before):
         yield Span("national_id", run.start, run.end, digits)
+    # A Chinese resident id whose check character is X
+    x_id = len(digits) == 17 and text[run.end : run.end + 1] in ("X", "x")
+    if "national_id" in kinds and x_id and ric.is_valid(digits + "X"):
+        yield Span("national_id", run.start, run.end + 1, digits + "X")
     if "phone" in kinds and 7 <= len(digits) <= 15 and _is_phone(text, run, policy):
         # "(415) 555-2671", "+49 30 ...": the bracket or plus goes with the number
         start = run.start - (run.start > 0 and text[run.start - 1] in "(+")

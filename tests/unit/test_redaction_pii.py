@@ -76,6 +76,7 @@ def _leaks(text: str, digits: str, run: int = 4) -> list[str]:
         pytest.param("my account number is 7485 9727", "account", id="account"),
         pytest.param("my social security number is 536-90-4399", "national_id", id="ssn"),
         pytest.param("Steuer-ID 86095742719", "national_id", id="de-idnr"),
+        pytest.param("身份证号11010519491231002X。", "national_id", id="cn-ric-x"),
     ],
 )
 def test_each_kind_is_replaced_in_the_forms_asr_writes(text: str, kind: str) -> None:
