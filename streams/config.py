@@ -141,6 +141,21 @@ class Settings(BaseSettings):
     """False: a call speaks one language per channel, detected once from its longest request
     and passed to the others; True: every request detects its own."""
 
+    # Redaction of partial and final text (docs/redaction.md), overridden by each event's
+    # `redaction` object. Every kind is on by default: payment data must never reach a topic
+    # (PCI DSS), and a transcript is rarely the better for the others. "none": off.
+    redact: Annotated[
+        tuple[
+            Literal["card", "expiry", "cvv", "phone", "email", "iban", "account", "national_id"],
+            ...,
+        ],
+        NoDecode,
+    ] = ("card", "expiry", "cvv", "phone", "email", "iban", "account", "national_id")
+    redact_style: Literal["label", "hash", "mask"] = "label"
+    """``label``: [CARD]; ``hash``: [CARD:keyed hash]; ``mask``: [CARD ****1111]."""
+    redact_hash_key: SecretStr | None = None
+    """Key of the ``hash`` style; without one, a hashed card number can be brute-forced."""
+
     # Fetch and decode limits
     file_roots: Annotated[tuple[Path, ...], NoDecode] = ()
     """Directories that file:// references may point into (comma-separated)."""
@@ -174,6 +189,9 @@ class Settings(BaseSettings):
             for name in ("channel_roles", "file_roots", "allow_private_hosts"):
                 if name in data:
                     data[name] = _split_csv(data[name])
+            if isinstance(data.get("redact"), str):
+                value = data["redact"].strip().lower()
+                data["redact"] = () if value in ("", "none", "off") else _split_csv(value)
         return data
 
     @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")

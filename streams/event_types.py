@@ -19,6 +19,9 @@ __all__ = [
     "PartialEvent",
     "Recognition",
     "RecordingEvent",
+    "Redaction",
+    "RedactionItem",
+    "Redactions",
     "RoleAnalytics",
     "Segment",
     "TerminalEvent",
@@ -46,6 +49,13 @@ class Recognition(TypedDict):
     model: NotRequired[str]
 
 
+class Redaction(TypedDict):
+    """``redaction`` of a recording event: overrides the worker's redaction settings."""
+
+    kinds: NotRequired[list[str]]
+    style: NotRequired[Literal["label", "hash", "mask"]]
+
+
 class RecordingEvent(TypedDict):
     """An inbound recording event (``recording.schema.json``)."""
 
@@ -55,6 +65,7 @@ class RecordingEvent(TypedDict):
     call: NotRequired[dict[str, Any]]
     channels: NotRequired[Channels]
     recognition: NotRequired[Recognition]
+    redaction: NotRequired[Redaction]
 
 
 class PartialEvent(TypedDict):
@@ -73,6 +84,8 @@ class PartialEvent(TypedDict):
     delta: str
     text: str
     emitted_at: str
+    redacted: NotRequired[bool]
+    held_back_chars: NotRequired[int]
 
 
 class Segment(TypedDict):
@@ -97,6 +110,24 @@ class Turn(TypedDict):
     start_s: float
     end_s: float
     text: str
+
+
+class RedactionItem(TypedDict):
+    """One replacement in a final event: the field (a JSON pointer), kind and position there."""
+
+    field: str
+    kind: str
+    start: int
+    end: int
+
+
+class Redactions(TypedDict):
+    """``redactions`` of a final event: what was redacted, never the values."""
+
+    kinds: list[str]
+    style: str
+    counts: dict[str, int]
+    items: list[RedactionItem]
 
 
 class Timings(TypedDict):
@@ -172,6 +203,7 @@ class FinalEvent(TypedDict):
     call: dict[str, Any]
     completed_at: str
     analytics: NotRequired[Analytics]
+    redactions: NotRequired[Redactions]
 
 
 class ErrorInfo(TypedDict):

@@ -93,6 +93,7 @@ class Recording:
     mixed_languages: bool = False
     call: dict[str, Any] = field(default_factory=dict)
     original: dict[str, Any] = field(default_factory=dict)
+    redaction: dict[str, Any] | None = None  # the event's own; None: the settings decide
 
 
 def recording_id_of(raw: bytes) -> str | None:
@@ -161,6 +162,7 @@ def parse_recording(raw: bytes, defaults: RecognitionDefaults) -> Recording:
         mixed_languages=recognition.get("mixed_languages", defaults.mixed_languages),
         call=data.get("call", {}),
         original=data,
+        redaction=data.get("redaction"),
     )
 
 

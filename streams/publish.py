@@ -41,8 +41,13 @@ class EventPublisher(Protocol):
         chunk_start_s: float,
         delta: str,
         text: str,
+        redacted: bool | None = None,
+        held_back_chars: int = 0,
     ) -> None:
-        """Publish one delta, without waiting for the broker."""
+        """Publish one delta, without waiting for the broker.
+
+        ``redacted`` and ``held_back_chars``: set by redaction (streams/redaction_publish.py).
+        """
         ...
 
     async def final(self, event: FinalEvent, *, source: str = "") -> None:
@@ -87,6 +92,8 @@ class Publisher:
         chunk_start_s: float,
         delta: str,
         text: str,
+        redacted: bool | None = None,
+        held_back_chars: int = 0,
     ) -> None:
         """Publish one delta of one chunk, without waiting for the broker."""
         event = partial_event(
@@ -101,6 +108,9 @@ class Publisher:
             delta=delta,
             text=text,
         )
+        if redacted is not None:  # redaction is on (streams/redaction_publish.py)
+            event["redacted"] = redacted
+            event["held_back_chars"] = held_back_chars
         await self._sender.send(
             self._topics.partial, recording_id.encode(), dumps(event), wait=False
         )

@@ -25,9 +25,18 @@ from streams.metrics import MeteredBackend, MeteredPublisher, Metrics
 from streams.pipeline import Pipeline, PipelineRules
 from streams.publish import EventPublisher, Sender, TopicNames
 from streams.ratelimit import RateLimitedBackend, RequestLimiter, Share, SlotPlan
+from streams.redaction import RedactionPolicy
+from streams.redaction_publish import RedactingPipeline, RedactingPublisher
 from streams.transcribe import DashScopeBackend, OpenAIBackend, RecognitionBackend, asr_client
 
-__all__ = ["Runtime", "chunk_policy", "fetch_limits", "pipeline_rules", "topic_names"]
+__all__ = [
+    "Runtime",
+    "chunk_policy",
+    "fetch_limits",
+    "pipeline_rules",
+    "redaction_policy",
+    "topic_names",
+]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +84,16 @@ def pipeline_rules(settings: Settings) -> PipelineRules:
         concurrency=settings.asr_concurrency,
         price_per_second_usd=settings.price_per_second_usd,
         model_for=settings.model_for_region,
+    )
+
+
+def redaction_policy(settings: Settings) -> RedactionPolicy:
+    """The worker's redaction policy (each recording event may override kinds and style)."""
+    key = settings.redact_hash_key
+    return RedactionPolicy(
+        kinds=frozenset(settings.redact),
+        style=settings.redact_style,
+        hash_key=key.get_secret_value().encode() if key is not None else b"",
     )
 
 
@@ -162,10 +181,13 @@ class Runtime:
             if self._ledger is not None:
                 # Each final is kept in the ledger before it goes out (idempotency.py).
                 publisher = LedgerPublisher(publisher, self._ledger)
+            # Outermost: the ledger keeps finals only once they are redacted.
+            policy = redaction_policy(s)
+            publisher = RedactingPublisher(publisher, policy)
             self._publisher = publisher
             self.stages.start()
-            self._pipeline = Pipeline(
-                rules, backend, publisher, self._fetch_http, stages=self.stages
+            self._pipeline = RedactingPipeline(
+                rules, backend, publisher, self._fetch_http, stages=self.stages, policy=policy
             )
             log.info(
                 "recognition via %s backend at %s, model %s",

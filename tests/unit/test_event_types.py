@@ -22,6 +22,7 @@ SHAPES = [
     pytest.param(event_types.RecordingEvent, ("recording",), id="recording"),
     pytest.param(event_types.Channels, ("recording", "channels"), id="recording.channels"),
     pytest.param(event_types.Recognition, ("recording", "recognition"), id="recording.recognition"),
+    pytest.param(event_types.Redaction, ("recording", "redaction"), id="recording.redaction"),
     pytest.param(event_types.PartialEvent, ("partial",), id="partial"),
     pytest.param(event_types.FinalEvent, ("final",), id="final"),
     pytest.param(event_types.Segment, ("final", "segments"), id="final.segments"),
@@ -33,6 +34,10 @@ SHAPES = [
     ),
     pytest.param(
         event_types.EmotionSpan, ("final", "analytics", "emotions"), id="final.analytics.emotions"
+    ),
+    pytest.param(event_types.Redactions, ("final", "redactions"), id="final.redactions"),
+    pytest.param(
+        event_types.RedactionItem, ("final", "redactions", "items"), id="final.redactions.items"
     ),
     pytest.param(event_types.FailedEvent, ("failed",), id="failed"),
     pytest.param(event_types.ErrorInfo, ("failed", "error"), id="failed.error"),
