@@ -11,10 +11,10 @@ import orjson
 
 __all__ = ["RECORDING_VERSIONS", "SCHEMA_VERSION", "load", "validator"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version every event carries; bumped (and noted in the CHANGELOG) on any contract change."""
-RECORDING_VERSIONS = (1, 2)
-"""Recording events the worker accepts: version 2 only added optional fields to version 1."""
+RECORDING_VERSIONS = (1, 2, 3)
+"""Recording events the worker accepts: versions 2 and 3 only added optional fields to 1."""
 
 
 @cache

@@ -97,10 +97,7 @@ class Recording:
 
 
 def recording_id_of(raw: bytes) -> str | None:
-    """The recording id of a raw recording event, or None when it has no readable one.
-
-    Used where the event may be invalid: a failed event is still keyed by its recording.
-    """
+    """The recording id of a raw (maybe invalid) event, or None: failed events are keyed by it."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -212,9 +209,8 @@ def final_event(
 ) -> FinalEvent:
     """The final event of a recording from its requests' results, in request order.
 
-    ``split``: the channels were transcribed apart, so the event carries the conversation as
-    turns and its text as ``role: text`` lines. ``hold``: where the call was on hold, in
-    seconds on its timeline (no talk is counted there).
+    ``split``: channels transcribed apart, so turns and ``role: text`` lines. ``hold``: where
+    the call was on hold, in seconds on its timeline (no talk is counted there).
     """
     segments: list[Segment] = []
     for request, result in results:
@@ -280,8 +276,7 @@ def final_event(
 def turns_of(segments: Iterable[Segment]) -> list[Turn]:
     """The conversation: segments in order of start, consecutive ones of one role joined.
 
-    Times come from the requests (the recogniser returns text per request, not per word), so
-    a turn is as precise as the speech regions the VAD found around it.
+    Times come from the requests (text per request, not per word): as precise as the VAD.
     """
     turns: list[Turn] = []
     for segment in segments:
@@ -379,10 +374,8 @@ def recording_event(
 ) -> dict[str, Any]:
     """A recording event in the shape ``schemas/recording.schema.json`` describes.
 
-    Arguments left at None (or empty) are left out, so the worker's defaults apply to them.
-    The event carries the lowest ``schema_version`` that has every field given: version 1
-    unless ``plan`` or ``mixed_languages`` (added in version 2) is set, so workers that
-    predate version 2 still read what they can.
+    Arguments left at None (or empty) are left out, so the worker's defaults apply. It carries
+    the lowest ``schema_version`` that has every field given, for workers that predate it.
     """
     channels = {"layout": layout, "roles": list(roles) if roles else None, "plan": plan}
     recognition = {

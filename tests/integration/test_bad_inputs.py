@@ -89,7 +89,7 @@ CASES = [
     Case(
         "unknown-schema-version",
         "unsupported_schema_version",
-        lambda c: {**c.file("bad-v3", "good.wav"), "schema_version": 3},
+        lambda c: {**c.file("bad-v99", "good.wav"), "schema_version": 99},
     ),
     Case(
         "schema-version-as-text",

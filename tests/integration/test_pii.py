@@ -98,7 +98,7 @@ async def test_a_card_read_out_never_reaches_a_topic(
     await create_topics(stack.topic_names(), partitions=4)
     source = stack.tmp / "call.wav"
     shutil.copy(asset(SPEECH), source)
-    event = {"schema_version": 2, "audio_url": source.as_uri()}
+    event = {"schema_version": 3, "audio_url": source.as_uri()}
     await stack.publish(
         [
             {**event, "recording_id": "pii-label"},
