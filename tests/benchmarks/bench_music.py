@@ -1,0 +1,215 @@
+"""Hold music and tones left out of the requests: what is still sent, what speech is lost.
+
+The named 6-minute call of the corpus (calls.py: real speech on two channels, 45 s on hold on
+the agent's channel, the agent speaking 0.4-1 s before the hold and 0.3-0.8 s after it) is
+composed once per hold sound of tests/hold_sounds.py (and the corpus's plucked notes), written
+as 16 kHz PCM WAV and as 8 kHz mu-law WAV, decoded as the worker decodes, and planned with the
+worker's VAD (streams/vad.py) with and without the music detector (streams/music.py), under
+the worker's default split plan. Per run:
+
+- **music sent**: seconds of the hold inside the agent channel's requests, over the hold's
+  length (target: at most 10 %);
+- **words lost**: seconds of the generator's words (``Talk.words``, both channels) that no
+  request of their channel covers, a CPU-independent stand-in for words missing from the
+  transcript; "near hold" counts only words within 10 s of the hold (target 0 more than
+  without the detector);
+- **billed**: the seconds the API would bill (each request rounded up), without and with;
+- **detector CPU**: seconds of CPU the music detector took, per hour of audio (one channel).
+
+``python -m tests.benchmarks.bench_music`` prints the table; ``--json`` writes it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from streams.api_limits import billed_seconds
+from streams.chunking import Request, SpeechMap, plan_requests
+from streams.config import Settings
+from streams.decode import SAMPLE_RATE, decode_sync
+from streams.music import MusicDetector, without_music
+from streams.runtime import chunk_policy
+from streams.vad import FRAME_SAMPLES, SpeechDetector
+from tests.audio import hold_music, write_wav, write_wav_blocks
+from tests.benchmarks.calls import CALLS, NAMED_CALL, ROLES, CallSpec, CallTruth, compose
+from tests.hold_sounds import SOUNDS
+
+__all__ = ["MusicFigures", "main", "measure"]
+
+NEAR_HOLD_S = 10.0
+"""Words this close to the hold count as "next to music"."""
+Sound = Callable[[int, np.random.Generator], np.ndarray]
+
+
+@dataclass(frozen=True)
+class MusicFigures:
+    """One call with one hold sound at one sample rate."""
+
+    sound: str
+    rate: int
+    hold_s: float
+    music_sent_off_s: float
+    music_sent_on_s: float
+    words_s: float
+    words_lost_off_s: float
+    words_lost_on_s: float
+    near_hold_lost_off_s: float
+    near_hold_lost_on_s: float
+    requests_off: int
+    requests_on: int
+    billed_off_s: int
+    billed_on_s: int
+    detector_cpu_s_per_h: float
+
+
+def _maps(path: Path) -> tuple[list[SpeechMap], list[SpeechMap], float]:
+    """Speech maps without and with the music filter, and the detector's CPU seconds."""
+    audio = decode_sync(path, layout="split")
+    plain, filtered, cpu = [], [], 0.0
+    for pcm in audio.channels:
+        vad, music = SpeechDetector(Settings().vad_aggressiveness), MusicDetector()
+        for start in range(0, len(pcm), SAMPLE_RATE):
+            block = pcm[start : start + SAMPLE_RATE]
+            vad.feed(block)
+            t = time.process_time()
+            music.feed(block)
+            cpu += time.process_time() - t
+        t = time.process_time()
+        music_map = music.finish(frame_samples=FRAME_SAMPLES)
+        cpu += time.process_time() - t
+        speech_map = vad.finish()
+        plain.append(speech_map)
+        filtered.append(without_music(speech_map, music_map))
+    return plain, filtered, cpu
+
+
+def _plan(maps: list[SpeechMap]) -> list[Request]:
+    settings = Settings()
+    return plan_requests(
+        maps, ROLES, chunk_policy(settings), plan=settings.split_plan, sample_rate=SAMPLE_RATE
+    )
+
+
+def _covered(requests: list[Request], channel: int, samples: int) -> np.ndarray:
+    sent = np.zeros(samples, dtype=bool)
+    for request in requests:
+        if request.channel == channel:
+            for a, b in request.stretches:
+                sent[a:b] = True
+    return sent
+
+
+def _lost(truth: CallTruth, requests: list[Request], near: tuple[int, int] | None) -> float:
+    """Seconds of words (within ``near`` samples, if given) that no request covers."""
+    lost = 0
+    for channel in (0, 1):
+        sent = _covered(requests, channel, truth.samples)
+        for talk in truth.talk:
+            if talk.channel != channel:
+                continue
+            for a, b in talk.words:
+                if near is not None:
+                    a, b = max(a, near[0]), min(b, near[1])
+                if b > a:
+                    lost += int(np.count_nonzero(~sent[a:b]))
+    return lost / SAMPLE_RATE
+
+
+def measure(spec: CallSpec, name: str, sound: Sound, rate: int, folder: Path) -> MusicFigures:
+    """Compose, write at ``rate``, decode and plan one call with and without the detector."""
+    pcm, truth = compose(spec, hold_sound=sound)
+    path = folder / f"{spec.name}-{name.replace(' ', '-')}-{rate}.wav"
+    if rate == 8_000:
+        step = 10 * SAMPLE_RATE
+        write_wav_blocks(path, (pcm[:, i : i + step] for i in range(0, pcm.shape[1], step)))
+    else:
+        write_wav(path, pcm)
+    plain, filtered, cpu = _maps(path)
+    off, on = _plan(plain), _plan(filtered)
+    assert truth.hold is not None
+    hold = truth.hold
+    margin = int(NEAR_HOLD_S * SAMPLE_RATE)
+    near = (hold[0] - margin, hold[1] + margin)
+
+    def music_sent(requests: list[Request]) -> float:
+        return float(np.count_nonzero(_covered(requests, 0, truth.samples)[hold[0] : hold[1]]))
+
+    return MusicFigures(
+        sound=name,
+        rate=rate,
+        hold_s=truth.hold_s,
+        music_sent_off_s=music_sent(off) / SAMPLE_RATE,
+        music_sent_on_s=music_sent(on) / SAMPLE_RATE,
+        words_s=truth.speech_s(0) + truth.speech_s(1),
+        words_lost_off_s=_lost(truth, off, None),
+        words_lost_on_s=_lost(truth, on, None),
+        near_hold_lost_off_s=_lost(truth, off, near),
+        near_hold_lost_on_s=_lost(truth, on, near),
+        requests_off=len(off),
+        requests_on=len(on),
+        billed_off_s=sum(billed_seconds(r.duration_s) for r in off),
+        billed_on_s=sum(billed_seconds(r.duration_s) for r in on),
+        detector_cpu_s_per_h=cpu / (2 * truth.duration_s) * 3600,
+    )
+
+
+def markdown(rows: list[MusicFigures]) -> str:
+    """The table of docs/audio.md."""
+    lines = [
+        "| hold sound | rate | music sent off → on | words lost off → on (near hold) "
+        "| requests | billed off → on | detector CPU s / h |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.sound} | {r.rate // 1000} kHz "
+            f"| {r.music_sent_off_s:.1f} → {r.music_sent_on_s:.1f} s "
+            f"({r.music_sent_on_s / r.hold_s:.1%}) "
+            f"| {r.words_lost_off_s:.2f} → {r.words_lost_on_s:.2f} s "
+            f"({r.near_hold_lost_off_s:.2f} → {r.near_hold_lost_on_s:.2f}) "
+            f"| {r.requests_off} → {r.requests_on} "
+            f"| {r.billed_off_s} → {r.billed_on_s} s | {r.detector_cpu_s_per_h:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def run(sounds: list[str] | None = None) -> list[MusicFigures]:
+    """Every hold sound at 16 kHz and 8 kHz on the named call."""
+    spec = next(c for c in CALLS if c.name == NAMED_CALL)
+    catalogue: dict[str, Sound] = {"plucked notes (corpus)": hold_music, **SOUNDS}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-music-") as folder:
+        for name, sound in catalogue.items():
+            if sounds and name not in sounds:
+                continue
+            for rate in (16_000, 8_000):
+                rows.append(measure(spec, name, sound, rate, Path(folder)))
+                print(markdown(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the table (and write JSON with ``--json PATH``)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--sound", action="append", help="only these sounds (repeatable)")
+    args = parser.parse_args(argv)
+    rows = run(args.sound)
+    print(markdown(rows))
+    words = rows[0].words_s if rows else 0.0
+    print(f"\nwords of the call: {words:.1f} s; hold: {rows[0].hold_s if rows else 0:.1f} s")
+    if args.json:
+        args.json.write_bytes(orjson.dumps([asdict(r) for r in rows], option=orjson.OPT_INDENT_2))
+
+
+if __name__ == "__main__":
+    main()
