@@ -16,6 +16,9 @@ the worker's default split plan. Per run:
 - **billed**: the seconds the API would bill (each request rounded up), without and with;
 - **detector CPU**: seconds of CPU the music detector took, per hour of audio (one channel).
 
+Then the corpus's named call itself (plucked-note hold, 8 kHz mu-law) goes through
+bench_economy's layouts and plans without and with the detector: requests, sent and billed.
+
 ``python -m tests.benchmarks.bench_music`` prints the table; ``--json`` writes it too.
 """
 
@@ -40,10 +43,19 @@ from streams.music import MusicDetector, without_music
 from streams.runtime import chunk_policy
 from streams.vad import FRAME_SAMPLES, SpeechDetector
 from tests.audio import hold_music, write_wav, write_wav_blocks
-from tests.benchmarks.calls import CALLS, NAMED_CALL, ROLES, CallSpec, CallTruth, compose
+from tests.benchmarks.bench_economy import PLANS, Layout, figures, plan
+from tests.benchmarks.calls import (
+    CALLS,
+    NAMED_CALL,
+    ROLES,
+    CallSpec,
+    CallTruth,
+    build_calls,
+    compose,
+)
 from tests.hold_sounds import SOUNDS
 
-__all__ = ["MusicFigures", "main", "measure"]
+__all__ = ["MusicFigures", "economy", "main", "measure"]
 
 NEAR_HOLD_S = 10.0
 """Words this close to the hold count as "next to music"."""
@@ -71,9 +83,9 @@ class MusicFigures:
     detector_cpu_s_per_h: float
 
 
-def _maps(path: Path) -> tuple[list[SpeechMap], list[SpeechMap], float]:
+def _maps(path: Path, layout: Layout = "split") -> tuple[list[SpeechMap], list[SpeechMap], float]:
     """Speech maps without and with the music filter, and the detector's CPU seconds."""
-    audio = decode_sync(path, layout="split")
+    audio = decode_sync(path, layout=layout)
     plain, filtered, cpu = [], [], 0.0
     for pcm in audio.channels:
         vad, music = SpeechDetector(Settings().vad_aggressiveness), MusicDetector()
@@ -197,6 +209,46 @@ def run(sounds: list[str] | None = None) -> list[MusicFigures]:
     return rows
 
 
+def economy() -> list[dict[str, object]]:
+    """bench_economy's figures of the corpus's named call (plucked-note hold, 8 kHz mu-law)
+    under every layout and plan, without and with the detector."""
+    call = next(c for c in build_calls() if c.spec.name == NAMED_CALL)
+    rows: list[dict[str, object]] = []
+    for layout in ("split", "mix"):
+        plain, filtered, _ = _maps(call.path, layout)
+        for which in (p for lay, p in PLANS if lay == layout):
+            off = figures(call, layout, which, plan(plain, layout, which))
+            on = figures(call, layout, which, plan(filtered, layout, which))
+            rows.append(
+                {
+                    "layout": layout,
+                    "plan": which,
+                    "requests": (off.requests, on.requests),
+                    "sent_s": (round(off.sent_s, 1), round(on.sent_s, 1)),
+                    "billed_s": (off.billed_s, on.billed_s),
+                }
+            )
+    return rows
+
+
+def economy_markdown(rows: list[dict[str, object]]) -> str:
+    """The before/after table of docs/perf/economy.md."""
+    lines = [
+        "| layout, plan | requests off → on | sent off → on | billed off → on |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        req, sent, billed = r["requests"], r["sent_s"], r["billed_s"]
+        assert isinstance(req, tuple)
+        assert isinstance(sent, tuple)
+        assert isinstance(billed, tuple)
+        lines.append(
+            f"| {r['layout']} `{r['plan']}` | {req[0]} → {req[1]} "
+            f"| {sent[0]} → {sent[1]} s | {billed[0]} → {billed[1]} s |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print the table (and write JSON with ``--json PATH``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -205,10 +257,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = run(args.sound)
     print(markdown(rows))
+    bills = economy()
+    print("\nThe corpus's named call (bench_economy's method):\n")
+    print(economy_markdown(bills))
     words = rows[0].words_s if rows else 0.0
     print(f"\nwords of the call: {words:.1f} s; hold: {rows[0].hold_s if rows else 0:.1f} s")
     if args.json:
-        args.json.write_bytes(orjson.dumps([asdict(r) for r in rows], option=orjson.OPT_INDENT_2))
+        report = {"sounds": [asdict(r) for r in rows], "economy": bills}
+        args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
 
 
 if __name__ == "__main__":
