@@ -89,7 +89,8 @@ class MusicDetector:
         self._rest = np.empty(0, dtype=np.int16)
         self._window = np.hanning(_PIECE).astype(np.float32)
         self._power: list[np.ndarray] = []  # per piece, band only, for the open segment
-        self._segments: list[np.ndarray] = []  # summed band power per closed segment
+        self._last: np.ndarray | None = None  # summed band power of the last segment
+        self._averaged: list[float] = []  # ripple of each window's averaged spectrum
         self._ripple: list[float] = []  # energy-weighted mean piece ripple per segment
         self._energy: list[float] = []  # summed band power per segment
         self._tonal: list[float] = []  # energy-weighted share of each piece in its top bins
@@ -139,12 +140,10 @@ class MusicDetector:
     def features(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per window: ripple (dB) of the averaged spectrum, the share of the pieces' ripple
         it kept, the pieces' energy share in their top bins, and the level (dBFS, band only)."""
-        if len(self._segments) < 2:
+        if not self._averaged:
             empty = np.empty(0)
             return empty, empty, empty, empty
-        segments = np.asarray(self._segments)
-        averaged = segments[:-1] + segments[1:]
-        ripple = _ripple(averaged)
+        ripple = np.asarray(self._averaged)
         energy = np.asarray(self._energy)
         pieces = np.asarray(self._ripple) * energy
         pair = energy[:-1] + energy[1:]
@@ -156,7 +155,12 @@ class MusicDetector:
 
     def _close(self, power: np.ndarray) -> None:
         energy = power.sum(axis=1)
-        self._segments.append(power.sum(axis=0))
+        summed = power.sum(axis=0)
+        if self._last is not None:
+            # Only the window's ripple is kept, not the spectra: memory stays flat however
+            # long the call.
+            self._averaged.append(float(_ripple((self._last + summed)[np.newaxis])[0]))
+        self._last = summed
         self._energy.append(float(energy.sum()))
         weights = energy / max(float(energy.sum()), 1e-9)
         self._ripple.append(float(np.dot(_ripple(power), weights)))
