@@ -54,7 +54,8 @@ def decode_and_plan(
     policy: ChunkPolicy,
     vad_aggressiveness: int,
 ) -> Planned:
-    """Decode to per-channel files while the VAD listens, then plan the requests."""
+    """Decode to per-channel files while the VAD (and, unless ``policy.music_filter`` is off,
+    the music detector) listens, then plan the requests from the speech that is not music."""
     abort_if_chosen(recording.recording_id)
     detectors: list[SpeechDetector] = []
     music_detectors: list[MusicDetector] = []
@@ -67,8 +68,9 @@ def decode_and_plan(
                 music_detectors.extend(MusicDetector() for _ in block)
         for detector, row in zip(detectors, block, strict=True):
             detector.feed(row)
-        for music_detector, row in zip(music_detectors, block, strict=False):
-            music_detector.feed(row)
+        if music_detectors:
+            for music_detector, row in zip(music_detectors, block, strict=True):
+                music_detector.feed(row)
         if recording.layout == "auto":
             dual_mono.feed(block)
 
