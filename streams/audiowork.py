@@ -9,7 +9,7 @@ process has no logging set up; the pipeline logs what these functions return.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,10 @@ from streams.decode import Layout, SpooledAudio, decode_to_files
 from streams.dualmono import DualMonoDetector
 from streams.encode import encode_data_uri
 from streams.events import Recording
-from streams.vad import SpeechDetector
+from streams.music import MusicDetector, MusicMap, without_music
+from streams.vad import FRAME_SAMPLES, SpeechDetector
 
-__all__ = ["Planned", "decode_and_plan", "request_uri"]
+__all__ = ["Planned", "decode_and_plan", "merge_stretches", "request_uri"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class Planned:
     """Whether channels are transcribed apart (with roles), after the dual-mono check."""
     same_signal: bool = False
     """The recorder wrote one signal on both channels (transcribed once, as a mixed call)."""
+    music: list[tuple[float, float]] = field(default_factory=list)
+    """Seconds ``[start, end)`` on the call's timeline with music or tones (hold, ringback) on
+    any planned channel, merged across channels and left out of the requests; empty when
+    ``ChunkPolicy.music_filter`` is off."""
 
 
 def decode_and_plan(
@@ -49,16 +54,23 @@ def decode_and_plan(
     policy: ChunkPolicy,
     vad_aggressiveness: int,
 ) -> Planned:
-    """Decode to per-channel files while the VAD listens, then plan the requests."""
+    """Decode to per-channel files while the VAD (and, unless ``policy.music_filter`` is off,
+    the music detector) listens, then plan the requests from the speech that is not music."""
     abort_if_chosen(recording.recording_id)
     detectors: list[SpeechDetector] = []
+    music_detectors: list[MusicDetector] = []
     dual_mono = DualMonoDetector()
 
     def listen(block: Any) -> None:
         if not detectors:
             detectors.extend(SpeechDetector(vad_aggressiveness) for _ in block)
+            if policy.music_filter:
+                music_detectors.extend(MusicDetector() for _ in block)
         for detector, row in zip(detectors, block, strict=True):
             detector.feed(row)
+        if music_detectors:
+            for music_detector, row in zip(music_detectors, block, strict=True):
+                music_detector.feed(row)
         if recording.layout == "auto":
             dual_mono.feed(block)
 
@@ -67,21 +79,35 @@ def decode_and_plan(
         path, directory, layout=layout, max_duration_s=max_duration_s, on_block=listen
     )
     maps = [detector.finish() for detector in detectors]
+    music = [d.finish(frame_samples=FRAME_SAMPLES) for d in music_detectors]
     roles = _roles(recording, len(maps))
     same_signal = recording.layout == "auto" and dual_mono.same()
     if same_signal:
         # The recorder wrote one signal twice: transcribe it once, as a mixed call.
-        maps, roles = maps[:1], (None,)
+        maps, music, roles = maps[:1], music[:1], (None,)
+    if music:
+        maps = [without_music(m, music_map) for m, music_map in zip(maps, music, strict=True)]
     split = any(role is not None for role in roles)
     plan: Plan = (recording.plan or split_plan) if split else (recording.plan or "packed")
     requests = plan_requests(maps, roles, policy, plan=plan, sample_rate=audio.sample_rate)
-    return Planned(audio, requests, plan, split, same_signal)
+    return Planned(audio, requests, plan, split, same_signal, merge_stretches(music))
 
 
 def request_uri(audio: SpooledAudio, request: Request) -> str:
     """The ``data:`` URI of one request: its stretches read from the spool, as FLAC."""
     pcm = [audio.read(request.channel, start, end) for start, end in request.stretches]
     return encode_data_uri(np.concatenate(pcm) if len(pcm) > 1 else pcm[0], audio.sample_rate)
+
+
+def merge_stretches(music: list[MusicMap]) -> list[tuple[float, float]]:
+    """The music stretches of every channel as one sorted list of non-overlapping seconds."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(s for m in music for s in m.stretches):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def _roles(recording: Recording, channels: int) -> tuple[str | None, ...]:

@@ -154,6 +154,9 @@ class ChunkPolicy:
     backchannel_s: float = 1.0
     """Under the ``turns`` plan, another channel's speech shorter than this (a "yeah", an
     "mm-hm") does not end a turn."""
+    music_filter: bool = True
+    """Whether music and tones (streams/music.py) are taken out of the speech before planning;
+    decoding reads it, the planner itself never sees music."""
 
     def __post_init__(self) -> None:
         if self.max_chunk_s <= 2 * self.pad_s or self.silence_s < 0 or self.pad_s < 0:

@@ -177,6 +177,9 @@ class Settings(BaseSettings):
     """Audio kept before and after each stretch of speech."""
     vad_aggressiveness: int = Field(default=1, ge=0, le=3)
     """WebRTC VAD mode: 0 sends the most, 3 the least (docs/audio.md measures each)."""
+    music_filter: bool = True
+    """Leave hold music, ringback and call-progress tones out of the requests (streams/music.py):
+    WebRTC's VAD calls them speech. Off: they are sent and billed as before."""
     audio_processes: int = Field(default=2, ge=0)
     """Processes that decode, run the VAD and encode (streams/audiostages.py): a decoder crash
     fails one recording instead of the worker, and the stages use more than one core (about

@@ -56,6 +56,7 @@ def chunk_policy(settings: Settings) -> ChunkPolicy:
     return ChunkPolicy(
         silence_s=settings.silence_threshold_s,
         pad_s=settings.speech_pad_s,
+        music_filter=settings.music_filter,
         max_chunk_s=max_chunk_seconds(
             settings.max_request_s, settings.max_request_bytes, SAMPLE_RATE
         ),

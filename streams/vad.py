@@ -4,8 +4,9 @@ WebRTC's VAD (the ``webrtcvad-wheels`` package: a 200 kB C extension, no depende
 per 30 ms frame. It was chosen on measurement against Silero (ONNX and ggml builds), TEN VAD
 and a plain level gate (docs/audio.md): it lost the fewest words on clean, noisy and telephone
 speech, at about 0.4 s of CPU per hour of audio, where the neural detectors took 14 to 180 s.
-Its known weakness is music: hold music counts as speech and is sent, which costs money but
-loses no words (Silero rejected the music and lost a sixth of the words next to it).
+Its known weakness is music: hold music counts as speech (Silero rejected the music and lost a
+sixth of the words next to it), so streams/music.py listens to the same blocks and takes music
+and tones out of the speech before planning.
 
 Frames quieter than :data:`SILENCE_FLOOR_DB` are silence whatever WebRTC says: it sometimes
 calls dither or an idle line speech, and a request for that would be billed for nothing.

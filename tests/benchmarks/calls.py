@@ -50,6 +50,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -481,8 +482,13 @@ def _script(spec: CallSpec, rng: np.random.Generator) -> tuple[_Track, list[Talk
     return track, talk, hold, end
 
 
-def compose(spec: CallSpec) -> tuple[np.ndarray, CallTruth]:
-    """The call as int16 ``(2, samples)`` at 16 kHz, and its ground truth; same spec, same call."""
+def compose(
+    spec: CallSpec, *, hold_sound: Callable[[int, np.random.Generator], np.ndarray] = hold_music
+) -> tuple[np.ndarray, CallTruth]:
+    """The call as int16 ``(2, samples)`` at 16 kHz, and its ground truth; same spec, same call.
+
+    ``hold_sound`` makes the hold (float samples at 16 kHz): the plucked notes of the corpus by
+    default, or a real-like sound of tests/hold_sounds.py (tests/benchmarks/bench_music.py)."""
     rng = np.random.default_rng(spec.seed)
     track, talk, hold, samples = _script(spec, rng)
     noise = np.random.default_rng(spec.seed + 1_000_000)
@@ -496,7 +502,7 @@ def compose(spec: CallSpec) -> tuple[np.ndarray, CallTruth]:
         pcm[-fade:] *= ramp[::-1][-len(pcm) :]
         call[channel, at : at + len(pcm)] += pcm
     if hold:
-        call[AGENT, hold[0] : hold[1]] += hold_music(hold[1] - hold[0], rng)
+        call[AGENT, hold[0] : hold[1]] += hold_sound(hold[1] - hold[0], rng)
     truth = CallTruth(samples, tuple(talk), hold, spec.languages)
     return np.clip(np.rint(call), -32768, 32767).astype(np.int16), truth
 

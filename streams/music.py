@@ -1,0 +1,202 @@
+"""Music and tones of one channel (hold music, ringback, dial and busy tones): not speech.
+
+WebRTC's VAD (streams/vad.py) calls hold music speech, so without this stage a call's hold is
+sent and billed. :class:`MusicDetector` is fed the same blocks as the VAD and marks the
+stretches where the sound is *tonal and stable*: the spectrum averaged over about a second
+still has sharp peaks. Music holds its pitches (a chord, a bass note, a sustained melody note;
+a tone holds one or two frequencies for its whole cadence), while a voice's pitch and formants
+move from syllable to syllable, so the harmonics of speech smear out over a second even though
+each 60 ms of a vowel is as peaky as a note. Three numbers per window of 0.96 s decide:
+
+- *ripple*: how far the averaged spectrum rises and falls around its own smooth envelope (dB,
+  150-3400 Hz, so that 8 kHz telephone audio and 16 kHz audio look alike);
+- *kept*: that ripple over the mean ripple of the window's 60 ms pieces: near 1 when the
+  pieces' peaks sit at the same frequencies (music), low when they wander (speech);
+- *tonal*: the share of the pieces' energy in their few strongest bins: one or two pure
+  sinusoids (call-progress tones) have no voice's spread of harmonics.
+
+A window is music when ripple and kept are both high, or when it is tonal; music must last
+:data:`MIN_MUSIC_S` (a held "mmm" or a hummed note is not hold music), and each music stretch
+gives back :data:`SPEECH_MARGIN_S` at both ends, because the window that sees the music also
+sees the first word after it: words next to music are never left out, at the price of a second
+or two of music sent per hold.
+
+numpy's FFT does all of it (no scipy, no model): 3-5 s of CPU per hour of a channel, and four
+numbers kept per 0.48 s. DTMF digits (0.1 s each) are not caught: shorter tone runs than
+:data:`MIN_MUSIC_S` marked real speech. Measured in tests/benchmarks/bench_music.py and
+docs/audio.md (words lost next to music: none; music sent: at most 7 % of a hold).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from streams.chunking import SpeechMap
+
+__all__ = [
+    "MIN_MUSIC_S",
+    "SPEECH_MARGIN_S",
+    "MusicDetector",
+    "MusicMap",
+    "without_music",
+]
+
+_RATE = 16_000
+_PIECE = 960
+"""60 ms: two VAD frames; 15.6 Hz per bin, enough to resolve a voice's harmonics."""
+_FFT = 1024
+_LO, _HI = int(150 / 15.625), int(3400 / 15.625)
+_SMOOTH = 9
+"""Bins (±70 Hz) of the moving average that is the spectrum's envelope."""
+_PEAKS = 5
+"""The ripple is the mean height of the spectrum's five highest bins above its envelope."""
+_TOP = 6
+"""Bins that hold a tone's energy in a piece: two sinusoids (DTMF, 440+480 Hz) of three each."""
+_SEGMENT = 8
+"""Pieces per segment (0.48 s); a window is two segments (0.96 s), one segment apart."""
+MIN_MUSIC_S = 2.0
+"""Shortest stretch taken as music."""
+SPEECH_MARGIN_S = 0.75
+"""Music given back to the speech side at each end of a music stretch."""
+_RIPPLE_DB = 14.0
+_KEPT = 0.6
+_CONCENTRATED = 0.97
+"""Share of a piece's energy in its :data:`_TOP` bins above which it is a tone, not a voice."""
+_QUIET_DB = -55.0
+"""Windows quieter than this (dBFS) are left to the VAD: too quiet to be paid hold music."""
+
+
+@dataclass(frozen=True)
+class MusicMap:
+    """Where one channel has music or tones: a flag per VAD frame, and the stretches."""
+
+    frame_samples: int
+    music: np.ndarray
+    """bool per VAD frame (speech-side margins already given back)."""
+    stretches: tuple[tuple[float, float], ...]
+    """Seconds ``[start, end)`` of the channel's music, margins given back."""
+
+
+class MusicDetector:
+    """Music flags of one 16 kHz mono channel, fed in blocks of any length.
+
+    Usage::
+
+        detector = MusicDetector()
+        for block in blocks:
+            detector.feed(block)
+        music_map = detector.finish(frame_samples=480)
+    """
+
+    def __init__(self) -> None:
+        self._rest = np.empty(0, dtype=np.int16)
+        self._window = np.hanning(_PIECE).astype(np.float32)
+        self._power: list[np.ndarray] = []  # per piece, band only, for the open segment
+        self._last: np.ndarray | None = None  # summed band power of the last segment
+        self._averaged: list[float] = []  # ripple of each window's averaged spectrum
+        self._ripple: list[float] = []  # energy-weighted mean piece ripple per segment
+        self._energy: list[float] = []  # summed band power per segment
+        self._tonal: list[float] = []  # energy-weighted share of each piece in its top bins
+        self._samples = 0
+
+    def feed(self, pcm: np.ndarray) -> None:
+        """Analyse the whole pieces in ``pcm`` (int16), keeping a partial one for later."""
+        self._samples += len(pcm)
+        data = np.concatenate((self._rest, pcm)) if len(self._rest) else pcm
+        whole = len(data) // _PIECE * _PIECE
+        self._rest = data[whole:].copy()
+        if whole:
+            pieces = data[:whole].reshape(-1, _PIECE).astype(np.float32) * self._window
+            power = np.abs(np.fft.rfft(pieces, _FFT, axis=1)[:, _LO:_HI]) ** 2
+            self._power.extend(power)
+            while len(self._power) >= _SEGMENT:
+                self._close(np.asarray(self._power[:_SEGMENT]))
+                del self._power[:_SEGMENT]
+
+    def finish(self, *, frame_samples: int) -> MusicMap:
+        """The channel's music, as flags per VAD frame of ``frame_samples``."""
+        frames = -(-self._samples // frame_samples)
+        flags = np.zeros(frames, dtype=bool)
+        seg_s = _SEGMENT * _PIECE / _RATE
+        music = self.window_music()
+        stretches: list[tuple[float, float]] = []
+        for a, b in _runs(music):
+            # Window i spans segments i and i+1: its music is theirs.
+            start, end = a * seg_s, (b + 1) * seg_s
+            if end - start < MIN_MUSIC_S:
+                continue
+            start, end = start + SPEECH_MARGIN_S, min(end, self._samples / _RATE) - SPEECH_MARGIN_S
+            if end <= start:
+                continue
+            stretches.append((start, end))
+            lo = round(start * _RATE / frame_samples)
+            hi = round(end * _RATE / frame_samples)
+            flags[lo:hi] = True
+        return MusicMap(frame_samples, flags, tuple(stretches))
+
+    def window_music(self) -> np.ndarray:
+        """Whether each window (segments i and i+1) sounds like music: one bool per window."""
+        ripple, kept, tonal, level = self.features()
+        musical = (ripple >= _RIPPLE_DB) & (kept >= _KEPT)
+        return (musical | (tonal >= _CONCENTRATED)) & (level >= _QUIET_DB)
+
+    def features(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per window: ripple (dB) of the averaged spectrum, the share of the pieces' ripple
+        it kept, the pieces' energy share in their top bins, and the level (dBFS, band only)."""
+        if not self._averaged:
+            empty = np.empty(0)
+            return empty, empty, empty, empty
+        ripple = np.asarray(self._averaged)
+        energy = np.asarray(self._energy)
+        pieces = np.asarray(self._ripple) * energy
+        pair = energy[:-1] + energy[1:]
+        kept = ripple / np.maximum((pieces[:-1] + pieces[1:]) / np.maximum(pair, 1e-9), 1e-3)
+        tonal = np.asarray(self._tonal) * energy
+        tonal = (tonal[:-1] + tonal[1:]) / np.maximum(pair, 1e-9)
+        level = 10 * np.log10(pair / (2 * _SEGMENT) / (_FFT * _PIECE / 2 * 32768.0**2) + 1e-12)
+        return ripple, kept, tonal, level
+
+    def _close(self, power: np.ndarray) -> None:
+        energy = power.sum(axis=1)
+        summed = power.sum(axis=0)
+        if self._last is not None:
+            # Only the window's ripple is kept, not the spectra: memory stays flat however
+            # long the call.
+            self._averaged.append(float(_ripple((self._last + summed)[np.newaxis])[0]))
+        self._last = summed
+        self._energy.append(float(energy.sum()))
+        weights = energy / max(float(energy.sum()), 1e-9)
+        self._ripple.append(float(np.dot(_ripple(power), weights)))
+        top = np.sort(power, axis=1)[:, -_TOP:].sum(axis=1) / np.maximum(energy, 1e-9)
+        self._tonal.append(float(np.dot(top, weights)))
+
+
+def without_music(speech_map: SpeechMap, music_map: MusicMap) -> SpeechMap:
+    """``speech_map`` with the frames of music no longer speech."""
+    music = music_map.music[: speech_map.frames]
+    if not music.any():
+        return speech_map
+    speech = speech_map.speech.copy()
+    speech[: len(music)] &= ~music
+    return replace(speech_map, speech=speech)
+
+
+def _ripple(power: np.ndarray) -> np.ndarray:
+    """Per row: RMS (dB) of the log spectrum around its moving-average envelope."""
+    log = 10 * np.log10(power + 1e-3)
+    total = np.cumsum(np.pad(log, ((0, 0), (1, 0))), axis=1)
+    envelope = (total[:, _SMOOTH:] - total[:, :-_SMOOTH]) / _SMOOTH
+    edge = _SMOOTH // 2
+    residual = log[:, edge : log.shape[1] - edge] - envelope
+    peaks: np.ndarray = np.sort(residual, axis=1)[:, -_PEAKS:].mean(axis=1)
+    return peaks
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Runs of True as ``[start, end)`` index ranges."""
+    edges = np.diff(np.concatenate(([0], flags.astype(np.int8), [0])))
+    return list(
+        zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True)
+    )
