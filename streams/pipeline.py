@@ -274,6 +274,7 @@ class Pipeline:
             timings=timings,
             backend=self._backend.name,
             price_per_second_usd=self._rules.price_per_second_usd,
+            hold=planned.music,
         )
 
     async def _recognize_channel(
@@ -287,9 +288,8 @@ class Pipeline:
     ) -> None:
         """Recognise one channel's requests; detect its language once unless told otherwise.
 
-        Short requests detected on their own drift (a two-second English turn came back in
-        Thai), so when the event gives no language and does not say the call mixes languages,
-        the channel's longest speech goes first and its language is given to the rest.
+        Short requests detected alone drift (a two-second English turn came back in Thai), so
+        unless told, the channel's longest speech goes first and its language goes to the rest.
         """
         rest = requests
         if options.language is None and not recording.mixed_languages and len(requests) > 1:

@@ -1,9 +1,8 @@
 """A real single-node Apache Kafka (KRaft) on loopback, run from the jars kafka_download.py fetched.
 
-``secure=True`` (``streams kafka --secure``) runs it like a managed Kafka: SASL_SSL (PLAIN and
-SCRAM) and mTLS listeners only, SCRAM users made at format time, a fresh CA and broker
-certificate at each start (localca.py) and StandardAuthorizer ACLs
-(kafka_resources/server-secure.properties).
+``secure=True`` (``streams kafka --secure``) runs it like a managed Kafka: SASL_SSL (PLAIN, SCRAM)
+and mTLS listeners only, SCRAM users made at format time, a fresh CA and broker certificate at
+each start (localca.py), StandardAuthorizer ACLs (kafka_resources/server-secure.properties).
 """
 
 from __future__ import annotations
@@ -326,8 +325,11 @@ class LocalKafka:
     def _format(self, properties: Path) -> None:
         meta = self.run_dir / "data" / "meta.properties"
         if not meta.exists():
-            # The same 22-character form as Kafka's Uuid.randomUuid(), without a JVM round trip.
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            # Kafka's Uuid.randomUuid() form, without a JVM round trip; like it, never a leading
+            # "-", which the storage tool's argument parser would take for an option.
+            cluster_id = "-"
+            while cluster_id.startswith("-"):
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             args: tuple[str, ...] = ("format", "-t", cluster_id, "-c", str(properties))
             for user in self.users:
                 for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512"):

@@ -233,11 +233,12 @@ def test_hold_given_by_the_detector_is_reported(tmp_path: Path) -> None:
     found = errors(measured(call, tmp_path), truth_analytics(call))
     assert found["hold_s"] == (pytest.approx(15.0), 0.0)
     assert abs(found["talk_customer_s"][1]) <= 0.3
-    # Without the hold stretch the music counts as the agent's talk.
+    # Without the hold stretch, the music filter has still taken the music out of the speech:
+    # at most the margins it gives back to speech at each end (0.75 s) count as the agent's.
     (tmp_path / "unheld").mkdir()
     unheld = measured(call, tmp_path / "unheld", hold=False)
     agent = next(r for r in unheld.roles if r.role == "agent")
-    assert agent.talk_s > found["talk_agent_s"][0] + 10
+    assert agent.talk_s <= found["talk_agent_s"][0] + 3.0  # 15 s of music would add 15
     assert unheld.hold_s == 0
 
 

@@ -16,12 +16,15 @@ import pytest
 
 import schemas
 from streams.config import Settings
+from streams.decode import SAMPLE_RATE
 from streams.errors import RecognitionUnavailable
 from streams.pipeline import Pipeline
 from streams.publish import Publisher, TopicNames
 from streams.runtime import pipeline_rules
 from streams.transcribe import Delta, RecognitionOptions, Result
-from tests.audio import asset
+from tests.audio import asset, write_wav
+from tests.benchmarks.calls import CALLS, compose
+from tests.hold_sounds import SOUNDS
 
 TOPICS = TopicNames(partial="partial", final="final", failed="failed")
 SPEECH = asset("en_speechbrain_harvard_birch_canoe.wav")
@@ -139,3 +142,27 @@ async def test_an_audio_reference_outside_the_roots_fails_before_recognition(
     assert failed["type"] == "failed"
     assert failed["error"]["stage"] == "fetch"
     assert recogniser.requests == []
+
+
+async def test_hold_music_is_not_sent_and_the_final_reports_the_hold(
+    http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """The music the plan left out of the requests is the hold time of the call's analytics."""
+    spec = next(c for c in CALLS if c.name == "call-03min-hold")
+    pcm, truth = compose(spec, hold_sound=SOUNDS["lounge music"])
+    assert truth.hold is not None
+    hold_s = (truth.hold[1] - truth.hold[0]) / SAMPLE_RATE
+    path = write_wav(tmp_path / "held.wav", pcm)
+    sender, recogniser = _Sender(), _Recogniser()
+    settings = Settings(file_roots=(tmp_path,), asr_attempts=2)
+    pipeline = Pipeline(pipeline_rules(settings), recogniser, Publisher(sender, TOPICS), http)
+    event = {"schema_version": 2, "recording_id": "held", "audio_url": path.as_uri()}
+    final = await pipeline.process(
+        orjson.dumps({**event, "channels": {"layout": "split"}}), where="recordings[0]@1"
+    )
+    assert final["type"] == "final", final
+    analytics = final["analytics"]
+    # Most of the hold is reported (the detector gives a margin back to speech at each end),
+    # and no more than the hold.
+    assert 0.8 * hold_s <= analytics["hold_s"] <= hold_s + 0.3
+    assert final["sent_seconds"] < final["audio_seconds"] * 2 - 0.8 * hold_s
