@@ -24,7 +24,6 @@ from streams.errors import (
     RecognitionUnavailable,
 )
 from streams.sse_replies import (
-    error_from_reply,
     json_object,
     raise_for_reply,
     read_events,
@@ -39,7 +38,6 @@ __all__ = [
     "RecognitionOptions",
     "Result",
     "asr_client",
-    "error_from_reply",
 ]
 
 NATIVE_PATH = "/api/v1/services/aigc/multimodal-generation/generation"
