@@ -10,7 +10,13 @@ import pytest
 from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streams.offsets import HandOver, RewindingTransport, rewind, rewind_uncommitted
+from streams.offsets import (
+    HandedOver,
+    HandOver,
+    RewindingTransport,
+    rewind,
+    rewind_uncommitted,
+)
 
 REC = "recordings"
 LOG = "app-finalized-changelog"
@@ -113,3 +119,78 @@ def test_the_overridden_faust_methods_still_exist() -> None:
     assert params == ["self", "consumer", "active_partitions", "timeout", "max_records"]
     assert "seek_to_committed" in vars(base)
     assert "_new_consumer_thread" in vars(faust_aiokafka.Consumer)
+    core = faust_aiokafka.Consumer.__mro__[1:]
+    assert any("_add_gap" in vars(c) for c in core)
+    assert any("_new_offset" in vars(c) for c in core)
+
+
+def test_handed_over_offsets_are_found_by_range_with_holes_left_out() -> None:
+    handed = HandedOver(window=4)
+    tp = _tp(REC, 0)
+    handed.add(tp, [10, 11, 12])
+    handed.add(tp, [13, 15, 16])  # 14: a transaction marker, never handed over
+    assert handed.among(tp, 11, 15) == [11, 12, 13]
+    assert handed.among(tp, 14, 15) == []
+    assert handed.among(_tp(REC, 1), 0, 100) == []
+    for first in range(20, 60, 10):  # the window keeps the last 4 batches only
+        handed.add(tp, [first])
+    assert handed.among(tp, 0, 20) == []
+
+
+class RecordingThread:
+    """Stands in for faust's consumer thread (which needs a broker): records the calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def request_rejoin(self) -> None:
+        self.calls.append("rejoin")
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+
+def _consumer() -> Any:
+    app = faust.App("offsets-unit", broker="kafka://127.0.0.1:9")
+    rewind_uncommitted(app)
+    consumer = app.consumer  # built by the transport; nothing connects until it starts
+    consumer._thread = RecordingThread()
+    return consumer
+
+
+async def test_records_lost_on_the_way_to_the_agent_are_not_acknowledged_but_read_again() -> None:
+    """faust would count a jump over fetched records as processed; they are read again."""
+    consumer = _consumer()
+    tp = faust.types.TP(REC, 2)
+    consumer.handed_over.add(tp, list(range(15, 29)))
+    await consumer._add_gap(tp, 17, 19)  # 16 was delivered, then 19: 17 and 18 were lost
+    assert not consumer._gap[tp]
+    assert consumer._thread.calls == ["rejoin"]
+
+
+async def test_a_jump_over_offsets_never_fetched_is_a_gap_as_faust_has_it() -> None:
+    consumer = _consumer()
+    tp = faust.types.TP(REC, 2)
+    consumer.handed_over.add(tp, [15, 16, 19])  # 17 and 18 hold no record (markers)
+    await consumer._add_gap(tp, 17, 19)
+    assert consumer._gap[tp].overlaps(17)
+    assert consumer._thread.calls == []
+
+
+@pytest.mark.parametrize(
+    ("acked", "expected"),
+    [
+        ([17, 18, 19], 20),  # contiguous from the committed offset
+        ([18, 19], None),  # 17 not processed (faust's own guard lets one through)
+        ([19, 20], None),
+        ([16, 17], 18),  # after a commit faust keeps the last committed offset acked
+    ],
+)
+def test_the_commit_never_passes_a_record_not_processed(
+    acked: list[int], expected: int | None
+) -> None:
+    consumer = _consumer()
+    tp = faust.types.TP(REC, 1)
+    consumer._committed_offset[tp] = 17
+    consumer._acked[tp] = list(acked)
+    assert consumer._new_offset(tp) == expected
