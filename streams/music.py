@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from streams.chunking import SpeechMap
+from streams.tones import ToneStretch, ToneTracker
 
 __all__ = [
     "MIN_MUSIC_S",
@@ -64,6 +65,8 @@ _RIPPLE_DB = 14.0
 _KEPT = 0.6
 _CONCENTRATED = 0.97
 """Share of a piece's energy in its :data:`_TOP` bins above which it is a tone, not a voice."""
+_SCALE = _FFT * _PIECE / 2 * 32768.0**2
+"""Band power of a full-scale piece: levels are dB below it."""
 _QUIET_DB = -55.0
 """Windows quieter than this (dBFS) are left to the VAD: too quiet to be paid hold music."""
 
@@ -76,7 +79,11 @@ class MusicMap:
     music: np.ndarray
     """bool per VAD frame (speech-side margins already given back)."""
     stretches: tuple[tuple[float, float], ...]
-    """Seconds ``[start, end)`` of the channel's music, margins given back."""
+    """Seconds ``[start, end)`` of the channel's music and call-progress tones (the call's
+    hold), margins given back; DTMF is not hold."""
+    tones: tuple[ToneStretch, ...] = ()
+    """The channel's DTMF digits and call-progress tones (streams/tones.py), flagged in
+    :attr:`music` too."""
 
 
 class MusicDetector:
@@ -100,6 +107,9 @@ class MusicDetector:
         self._energy: list[float] = []  # summed band power per segment
         self._tonal: list[float] = []  # energy-weighted share of each piece in its top bins
         self._samples = 0
+        self._tones = ToneTracker(
+            bin_hz=_RATE / _FFT, lo_bin=_LO, piece=_PIECE, rate=_RATE, scale=_SCALE
+        )
 
     def feed(self, pcm: np.ndarray) -> None:
         """Analyse the whole pieces in ``pcm`` (int16), keeping a partial one for later."""
@@ -110,6 +120,7 @@ class MusicDetector:
         if whole:
             pieces = data[:whole].reshape(-1, _PIECE).astype(np.float32) * self._window
             power = np.abs(np.fft.rfft(pieces, _FFT, axis=1)[:, _LO:_HI]) ** 2
+            self._tones.add(power)
             self._power.extend(power)
             while len(self._power) >= _SEGMENT:
                 self._close(np.asarray(self._power[:_SEGMENT]))
@@ -134,7 +145,10 @@ class MusicDetector:
             lo = round(start * _RATE / frame_samples)
             hi = round(end * _RATE / frame_samples)
             flags[lo:hi] = True
-        return MusicMap(frame_samples, flags, tuple(stretches))
+        tone_flags, tones = self._tones.finish(samples=self._samples, frame_samples=frame_samples)
+        flags |= tone_flags
+        held = [(t.start_s, t.end_s) for t in tones if t.kind != "dtmf"]
+        return MusicMap(frame_samples, flags, tuple(_union([*stretches, *held])), tuple(tones))
 
     def window_music(self) -> np.ndarray:
         """Whether each window (segments i and i+1) sounds like music: one bool per window."""
@@ -155,7 +169,7 @@ class MusicDetector:
         kept = ripple / np.maximum((pieces[:-1] + pieces[1:]) / np.maximum(pair, 1e-9), 1e-3)
         tonal = np.asarray(self._tonal) * energy
         tonal = (tonal[:-1] + tonal[1:]) / np.maximum(pair, 1e-9)
-        level = 10 * np.log10(pair / (2 * _SEGMENT) / (_FFT * _PIECE / 2 * 32768.0**2) + 1e-12)
+        level = 10 * np.log10(pair / (2 * _SEGMENT) / _SCALE + 1e-12)
         return ripple, kept, tonal, level
 
     def _close(self, power: np.ndarray) -> None:
@@ -192,6 +206,17 @@ def _ripple(power: np.ndarray) -> np.ndarray:
     residual = log[:, edge : log.shape[1] - edge] - envelope
     peaks: np.ndarray = np.sort(residual, axis=1)[:, -_PEAKS:].mean(axis=1)
     return peaks
+
+
+def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted spans, overlapping ones joined."""
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
