@@ -54,6 +54,8 @@ _LOBE = 2
 """Bins each side of a peak that belong to it (a Hann window's main lobe)."""
 _QUIET_DB = 20.0
 """A piece this far below the tone's level is the line's silence."""
+_FAINT_DB = 12.0
+"""The edge piece of a tone may be this far below it: a few ms of the tone at the window's end."""
 _AFTER = 4
 """Quiet pieces after a run taken with it (0.24 s: WebRTC's hang-over of up to 150 ms)."""
 _DTMF_JOIN_S = 1.6
@@ -64,6 +66,8 @@ _MIN_LEVEL_DB = -55.0
 _DTMF_GAP = 3
 """Pieces between two keyed pieces of one dialled sequence (the 60 ms pieces straddling a
 digit's end and the next one's start hold two digits and are keyed as neither)."""
+_EDGE = 0.5
+"""Share above which a piece next to a tone piece, with the same centre, is the tone's edge."""
 _MIXED = 0.7
 """A piece between keyed pieces, not quiet, is taken with them only above this share: the
 tail of one digit and the head of the next, not a voice."""
@@ -138,23 +142,31 @@ class ToneTracker:
             np.concatenate(self._digit),
         )
 
-    def runs(self) -> list[tuple[int, int, str]]:
+    def runs(self, features: tuple[np.ndarray, ...] | None = None) -> list[tuple[int, int, str]]:
         """Tone runs as ``[first, end)`` piece indices and kind."""
-        level, share, centre, digit = self.features()
+        level, share, centre, digit = features or self.features()
         loud = level >= _MIN_LEVEL_DB
         out: list[tuple[int, int, str]] = []
-        keyed = np.flatnonzero(loud & (digit >= 0)).tolist()
+        keyed = loud & (digit >= 0)
+        # A digit's first or last piece holds only part of it: less narrow, not always keyed,
+        # but its peaks' centre is the digit's. A voice does not hold a centre that still.
+        same = np.abs(np.diff(centre)) <= self._bin_hz
+        tail = loud & (share >= _EDGE)
+        dialled = keyed.copy()
+        dialled[1:] |= keyed[:-1] & same & tail[1:]
+        dialled[:-1] |= keyed[1:] & same & tail[:-1]
         group: list[int] = []
-        for i in [*keyed, -1]:
-            if group and i >= 0 and i - group[-1] <= _DTMF_GAP + 1:
-                between = np.arange(group[-1] + 1, i)
-                quiet = level[between] < float(level[group[-1]]) - _QUIET_DB
+        for a, b in [*_runs(dialled), (-1, -1)]:
+            if group and a >= 0 and a - group[1] <= _DTMF_GAP:
+                between = np.arange(group[1], a)
+                quiet = level[between] < float(level[group[1] - 1]) - _QUIET_DB
                 if np.all(quiet | (share[between] >= _MIXED)):
-                    group.append(i)
+                    group[1] = b
+                    group[2] += b - a
                     continue
-            if len(group) >= 2:  # two pieces: one digit of 70 ms or more, or two digits
-                out.append((group[0], group[-1] + 1, "dtmf"))
-            group = [i]
+            if group and group[2] >= 2:  # two pieces: one digit of 70 ms or more, or two
+                out.append((group[0], group[1], "dtmf"))
+            group = [a, b, b - a]
         lo_hz, hi_hz = _TONE_BAND_HZ
         steady = loud & (share >= NARROW) & (centre >= lo_hz) & (centre <= hi_hz) & (digit < 0)
         shortest = max(2, round(MIN_TONE_S * self._rate / self._piece))
@@ -167,18 +179,30 @@ class ToneTracker:
                     start = i
         return sorted(out)
 
+    def _edge(self, features: tuple[np.ndarray, ...], piece: int, neighbour: int) -> bool:
+        """Whether ``piece`` is the partial edge of the tone in ``neighbour``."""
+        _, share, centre, _ = features
+        close = abs(float(centre[piece]) - float(centre[neighbour])) <= self._bin_hz
+        return close and float(share[piece]) >= _EDGE
+
     def finish(self, *, samples: int, frame_samples: int) -> tuple[np.ndarray, list[ToneStretch]]:
         """Tone flags per VAD frame (quiet edges included) and the joined tone stretches."""
-        level = self.features()[0]
+        features = self.features()
+        level = features[0]
         frames = -(-samples // frame_samples)
         flags = np.zeros(frames, dtype=bool)
-        found = self.runs()
+        found = self.runs(features)
         for a, b, _ in found:
-            quiet = float(np.median(level[a:b])) - _QUIET_DB
-            if a > 0 and level[a - 1] < quiet:
+            quiet = level < float(np.median(level[a:b])) - _QUIET_DB
+            # The piece where the tone starts or stops is less narrow (the cut spreads it), but
+            # its peaks' centre is still the tone's; a voice in it would move the centre.
+            faint = level < float(np.median(level[a:b])) - _FAINT_DB
+            if a > 0 and (faint[a - 1] or self._edge(features, a - 1, a)):
                 a -= 1
+            if b < len(level) and (faint[b] or self._edge(features, b, b - 1)):
+                b += 1
             after = 0
-            while b < len(level) and after < _AFTER and level[b] < quiet:
+            while b < len(level) and after < _AFTER and quiet[b]:
                 b, after = b + 1, after + 1
             lo = a * self._piece // frame_samples
             hi = -(-b * self._piece // frame_samples)
