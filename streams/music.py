@@ -29,12 +29,12 @@ docs/audio.md (words lost next to music: none; music sent: at most 7 % of a hold
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from streams.chunking import SpeechMap
-from streams.tones import ToneStretch, ToneTracker
+from streams.tones import NARROW, ToneStretch, ToneTracker
 
 __all__ = [
     "MIN_MUSIC_S",
@@ -65,6 +65,18 @@ _RIPPLE_DB = 14.0
 _KEPT = 0.6
 _CONCENTRATED = 0.97
 """Share of a piece's energy in its :data:`_TOP` bins above which it is a tone, not a voice."""
+_EDGE_MUSIC_S = 1.0
+"""Flagged music at least this long has its margins checked by :func:`without_music`."""
+_MARGIN_SLACK_S = 0.45
+"""A run this much longer than the margin is more than the music's edge (speech into music)."""
+_PAUSE_FRAMES = 3
+"""Non-speech frames that must part a margin's run from the speech beyond it."""
+_REFERENCE_S = 1.0
+"""Music beside the margin whose peaks the margin's pieces are matched against."""
+_AUDIBLE_DB = 20.0
+_SAME_MUSIC = 0.6
+"""Share of a margin run's audible pieces whose strongest peak is one of the music's (±1 bin)
+above which the run is the music's and not a voice."""
 _SCALE = _FFT * _PIECE / 2 * 32768.0**2
 """Band power of a full-scale piece: levels are dB below it."""
 _QUIET_DB = -55.0
@@ -84,6 +96,13 @@ class MusicMap:
     tones: tuple[ToneStretch, ...] = ()
     """The channel's DTMF digits and call-progress tones (streams/tones.py), flagged in
     :attr:`music` too."""
+    piece_level: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
+    """Level (dB below full scale, band only) of each 60 ms piece of the analysis."""
+    piece_share: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.float32))
+    """Share of each piece's energy in its two strongest peaks (streams/tones.py)."""
+    piece_peak: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int16))
+    """Bin of each piece's strongest peak: what :func:`without_music` matches a margin
+    against the music beside it with."""
 
 
 class MusicDetector:
@@ -148,7 +167,14 @@ class MusicDetector:
         tone_flags, tones = self._tones.finish(samples=self._samples, frame_samples=frame_samples)
         flags |= tone_flags
         held = [(t.start_s, t.end_s) for t in tones if t.kind != "dtmf"]
-        return MusicMap(frame_samples, flags, tuple(_union([*stretches, *held])), tuple(tones))
+        return MusicMap(
+            frame_samples,
+            flags,
+            tuple(_union([*stretches, *held])),
+            tuple(tones),
+            *(f.astype(np.float32) for f in self._tones.features()[:2]),
+            self._tones.peaks(),
+        )
 
     def window_music(self) -> np.ndarray:
         """Whether each window (segments i and i+1) sounds like music: one bool per window."""
@@ -194,7 +220,55 @@ def without_music(speech_map: SpeechMap, music_map: MusicMap) -> SpeechMap:
         return speech_map
     speech = speech_map.speech.copy()
     speech[: len(music)] &= ~music
+    frame_s = music_map.frame_samples / _RATE
+    for lo, hi in _runs(music):
+        if (hi - lo) * frame_s >= _EDGE_MUSIC_S:
+            _trim_margin(speech, music_map, lo, -1)
+            _trim_margin(speech, music_map, hi - 1, +1)
     return replace(speech_map, speech=speech)
+
+
+def _trim_margin(speech: np.ndarray, music_map: MusicMap, edge: int, step: int) -> None:
+    """Take out the speech run touching a music stretch at frame ``edge`` (``step`` -1: the run
+    before it, +1: after it) when it is the music's own start or tail that the margin gave
+    back: the run fits in the margin, a pause parts it from what is beyond, and the strongest
+    peak of its audible pieces is, in most of them, one of the music's beside it."""
+    frames = len(speech)
+    per_piece = _PIECE / music_map.frame_samples
+    reach = round((SPEECH_MARGIN_S + _MARGIN_SLACK_S) * _RATE / music_map.frame_samples)
+    run = edge + step
+    while 0 <= run < frames and speech[run] and abs(run - edge) <= reach:
+        run += step
+    length = abs(run - edge) - 1
+    pause = range(run, run + step * _PAUSE_FRAMES, step)
+    if not length or abs(run - edge) > reach or any(0 <= f < frames and speech[f] for f in pause):
+        return
+    inside = sorted((edge, edge - step * round(_REFERENCE_S / _frame_s(music_map))))
+    first, last = sorted((edge + step, run - step))
+    pieces = music_map.piece_peak
+    level = music_map.piece_level
+    ref = np.arange(int(max(inside[0], 0) / per_piece), int(inside[1] / per_piece) + 1)
+    own = np.arange(int(first / per_piece), int(last / per_piece) + 1)
+    ref, own = ref[ref < len(pieces)], own[own < len(pieces)]
+    if not len(ref) or not len(own):
+        return
+    audible = own[level[own] >= float(np.median(level[ref])) - _AUDIBLE_DB]
+    if not len(audible):
+        return
+    notes = np.unique(pieces[ref])
+    near = np.abs(pieces[audible][:, np.newaxis] - notes[np.newaxis]).min(axis=1) <= 1
+    # A new note of the music: a pure peak held from piece to piece (4 % of a voice's pieces).
+    before, after = pieces[np.maximum(audible - 1, 0)], pieces[np.minimum(audible + 1, len(pieces) - 1)]
+    peak = pieces[audible]
+    held = (np.abs(peak - before) <= 1) & (np.abs(peak - after) <= 1)
+    pure = music_map.piece_share[audible] >= NARROW
+    if (near | (held & pure)).mean() >= _SAME_MUSIC:
+        speech[first : last + 1] = False
+
+
+def _frame_s(music_map: MusicMap) -> float:
+    """Seconds of one VAD frame of the map."""
+    return music_map.frame_samples / _RATE
 
 
 def _ripple(power: np.ndarray) -> np.ndarray:

@@ -98,6 +98,7 @@ class ToneTracker:
         self._share: list[np.ndarray] = []  # energy share of the two peaks
         self._centre: list[np.ndarray] = []  # Hz, power-weighted centre of the two peaks
         self._digit: list[np.ndarray] = []  # DTMF digit index (0-15), -1 if none
+        self._peak: list[np.ndarray] = []  # bin of the strongest peak (of the band)
 
     def add(self, power: np.ndarray) -> None:
         """Take the band power of whole pieces, one row each."""
@@ -129,6 +130,7 @@ class ToneTracker:
         self._share.append(share.astype(np.float32))
         self._centre.append(centre.astype(np.float32))
         self._digit.append(digit.astype(np.int8))
+        self._peak.append(first.astype(np.int16))
 
     def features(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per piece: level (dB), share of the two peaks, their centre (Hz), DTMF digit."""
@@ -141,6 +143,10 @@ class ToneTracker:
             np.concatenate(self._centre),
             np.concatenate(self._digit),
         )
+
+    def peaks(self) -> np.ndarray:
+        """Per piece: the band bin of its strongest peak."""
+        return np.concatenate(self._peak) if self._peak else np.empty(0, dtype=np.int16)
 
     def runs(self, features: tuple[np.ndarray, ...] | None = None) -> list[tuple[int, int, str]]:
         """Tone runs as ``[first, end)`` piece indices and kind."""
