@@ -167,12 +167,14 @@ class MusicDetector:
         tone_flags, tones = self._tones.finish(samples=self._samples, frame_samples=frame_samples)
         flags |= tone_flags
         held = [(t.start_s, t.end_s) for t in tones if t.kind != "dtmf"]
+        level, share = self._tones.features()[:2]
         return MusicMap(
             frame_samples,
             flags,
             tuple(_union([*stretches, *held])),
             tuple(tones),
-            *(f.astype(np.float32) for f in self._tones.features()[:2]),
+            level.astype(np.float32),
+            share.astype(np.float32),
             self._tones.peaks(),
         )
 
@@ -258,7 +260,10 @@ def _trim_margin(speech: np.ndarray, music_map: MusicMap, edge: int, step: int) 
     notes = np.unique(pieces[ref])
     near = np.abs(pieces[audible][:, np.newaxis] - notes[np.newaxis]).min(axis=1) <= 1
     # A new note of the music: a pure peak held from piece to piece (4 % of a voice's pieces).
-    before, after = pieces[np.maximum(audible - 1, 0)], pieces[np.minimum(audible + 1, len(pieces) - 1)]
+    before, after = (
+        pieces[np.maximum(audible - 1, 0)],
+        pieces[np.minimum(audible + 1, len(pieces) - 1)],
+    )
     peak = pieces[audible]
     held = (np.abs(peak - before) <= 1) & (np.abs(peak - after) <= 1)
     pure = music_map.piece_share[audible] >= NARROW

@@ -31,8 +31,6 @@ from unittest import mock
 import numpy as np
 
 from streams.analytics import (
-    VAD_HANGOVER_S,
-    VAD_ONSET_S,
     CallAnalytics,
     call_analytics,
     talk_spans,
@@ -164,7 +162,7 @@ def before() -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch("streams.audiowork.without_music", flags_only))
         stack.enter_context(mock.patch.object(ToneTracker, "finish", no_tones))
-        stack.enter_context(mock.patch("streams.vad._line_noise", lambda *_: False))
+        stack.enter_context(mock.patch("streams.vad._line_noise", return_value=False))
         yield
 
 
