@@ -21,10 +21,20 @@ gives back :data:`SPEECH_MARGIN_S` at both ends, because the window that sees th
 sees the first word after it: words next to music are never left out, at the price of a second
 or two of music sent per hold.
 
-numpy's FFT does all of it (no scipy, no model): 3-5 s of CPU per hour of a channel, and four
-numbers kept per 0.48 s. DTMF digits (0.1 s each) are not caught: shorter tone runs than
-:data:`MIN_MUSIC_S` marked real speech. Measured in tests/benchmarks/bench_music.py and
-docs/audio.md (words lost next to music: none; music sent: at most 7 % of a hold).
+Tones in bursts shorter than that (DTMF digits of 40-100 ms, a ringback's 0.4-2 s) are caught
+piece by piece from the same spectra by streams/tones.py, and flagged with the music.
+
+The margins cost talk time too: the VAD calls the music in them speech, so the agent's "please
+hold" ran on into the music, and the music's tail into the agent's next words (0.4-0.8 s of
+talk per hold edge in the analytics). :func:`without_music` therefore takes out the speech run
+touching a music stretch when it is the music's own edge: it fits in the margin, a pause parts
+it from what lies beyond, and the strongest peak of most of its 60 ms pieces is one of the
+music's beside it (or a pure peak held from piece to piece: a new note).
+
+numpy's FFT does all of it (scipy is not a dependency; no model): 5-7 s of CPU per hour of a
+channel, and four numbers kept per 0.48 s plus five per 60 ms piece. Measured in
+tests/benchmarks/bench_music.py and docs/audio.md (words lost next to music and tones: none;
+music sent: at most 7 % of a hold; tones: at most 1.3 %).
 """
 
 from __future__ import annotations
