@@ -90,7 +90,8 @@ def test_music_is_left_out_and_speech_stays(held: tuple[np.ndarray, CallTruth]) 
     assert not music[1].stretches
     (start, end), *more = music[0].stretches
     assert not more
-    assert a / SAMPLE_RATE <= start < end <= b / SAMPLE_RATE
+    # (A tone's stretch is as fine as the 60 ms pieces it is found in: up to one piece more.)
+    assert a / SAMPLE_RATE - 0.06 <= start < end <= b / SAMPLE_RATE + 0.06
     assert end - start >= 0.9 * (b - a) / SAMPLE_RATE - 2
 
 
