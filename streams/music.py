@@ -277,7 +277,12 @@ def _trim_margin(speech: np.ndarray, music_map: MusicMap, edge: int, step: int) 
     peak = pieces[audible]
     held = (np.abs(peak - before) <= 1) & (np.abs(peak - after) <= 1)
     pure = music_map.piece_share[audible] >= NARROW
-    if (near | (held & pure)).mean() >= _SAME_MUSIC:
+    matched = near | (held & pure)
+    # A word right beside the music's edge (no pause between) sits at the run's far end:
+    # that third must be the music's too.
+    third = max(1, len(matched) // 3)
+    outer = matched[:third] if step < 0 else matched[-third:]
+    if matched.mean() >= _SAME_MUSIC and outer.mean() >= _SAME_MUSIC:
         speech[first : last + 1] = False
 
 

@@ -148,7 +148,9 @@ def test_speech_alone_has_no_tones() -> None:
 _FRAMES = 400
 
 
-def _margin_case(*, run_peak: int, pure: float, pause: int = 10, run: int = 20) -> np.ndarray:
+def _margin_case(
+    *, run_peak: int, pure: float, pause: int = 10, run: int = 20, word: int = 0
+) -> np.ndarray:
     """Speech 0-100, a pause, a run of ``run`` frames touching music flagged from 150 on."""
     speech = np.zeros(_FRAMES, dtype=bool)
     speech[:100] = True
@@ -164,6 +166,8 @@ def _margin_case(*, run_peak: int, pure: float, pause: int = 10, run: int = 20) 
     peak[lo // 2 : 75] = run_peak
     share = np.full(pieces, 0.5, dtype=np.float32)
     share[lo // 2 : 75] = pure
+    peak[lo // 2 : lo // 2 + word] = np.arange(word) % 30 + 3  # a word at the run's far end
+    share[lo // 2 : lo // 2 + word] = 0.5
     level = np.full(pieces, -30.0, dtype=np.float32)
     music_map = MusicMap(FRAME_SAMPLES, music, ((4.5, 12.0),), (), level, share, peak)
     speech_map = SpeechMap(FRAME_SAMPLES, speech, np.zeros(_FRAMES, np.float32), _FRAMES * 480)
@@ -181,6 +185,8 @@ def test_a_voice_in_the_margin_stays_speech() -> None:
     assert voice[130:150].all()
     no_pause = _margin_case(run_peak=40, pure=0.5, pause=1)  # speech runs on into the music
     assert no_pause[130:150].all()
+    word_first = _margin_case(run_peak=40, pure=0.5, run=30, word=5)  # a word, then music
+    assert word_first[120:150].all()
     reach = round((SPEECH_MARGIN_S + 0.45) / 0.03)
     too_long = _margin_case(run_peak=40, pure=0.5, run=reach + 5)  # longer than the margin
     assert too_long[150 - reach - 5 : 150].all()
