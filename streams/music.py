@@ -87,6 +87,9 @@ _AUDIBLE_DB = 20.0
 _SAME_MUSIC = 0.6
 """Share of a margin run's audible pieces whose strongest peak is one of the music's (±1 bin)
 above which the run is the music's and not a voice."""
+_LOUD_DB = 12.0
+_FAR_END = 0.5
+"""... and at least this share of the run's far third (where a word beside it would be)."""
 _SCALE = _FFT * _PIECE / 2 * 32768.0**2
 """Band power of a full-scale piece: levels are dB below it."""
 _QUIET_DB = -55.0
@@ -269,20 +272,23 @@ def _trim_margin(speech: np.ndarray, music_map: MusicMap, edge: int, step: int) 
         return
     notes = np.unique(pieces[ref])
     near = np.abs(pieces[audible][:, np.newaxis] - notes[np.newaxis]).min(axis=1) <= 1
-    # A new note of the music: a pure peak held from piece to piece (4 % of a voice's pieces).
+    # A new note of the music: a pure peak held into the next piece or from the last one.
     before, after = (
         pieces[np.maximum(audible - 1, 0)],
         pieces[np.minimum(audible + 1, len(pieces) - 1)],
     )
     peak = pieces[audible]
-    held = (np.abs(peak - before) <= 1) & (np.abs(peak - after) <= 1)
+    held = (np.abs(peak - before) <= 1) | (np.abs(peak - after) <= 1)
     pure = music_map.piece_share[audible] >= NARROW
     matched = near | (held & pure)
     # A word right beside the music's edge (no pause between) sits at the run's far end:
     # that third must be the music's too.
+    # (Only its pieces as loud as the music count there: not the music's fading last one.)
     third = max(1, len(matched) // 3)
-    outer = matched[:third] if step < 0 else matched[-third:]
-    if matched.mean() >= _SAME_MUSIC and outer.mean() >= _SAME_MUSIC:
+    far = slice(None, third) if step < 0 else slice(-third, None)
+    loud = level[audible][far] >= float(np.median(level[ref])) - _LOUD_DB
+    outer = matched[far][loud]
+    if matched.mean() >= _SAME_MUSIC and (not len(outer) or outer.mean() >= _FAR_END):
         speech[first : last + 1] = False
 
 
