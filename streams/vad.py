@@ -27,6 +27,9 @@ SILENCE_FLOOR_DB = -70.0
 """Frame RMS (dBFS) below which nothing is speech; measured to lose no word (docs/audio.md)."""
 STARTUP_FRAMES = 4
 """Frames at the start that WebRTC's VAD flags as speech whatever they hold (measured)."""
+_NOISE_FRAMES = 100
+"""Frames after the opening run whose quiet ones tell the line's noise level (3 s)."""
+_NOISE_MARGIN_DB = 6.0
 _SAMPLE_RATE = 16_000
 _FULL_SCALE = 32768.0**2
 
@@ -73,7 +76,7 @@ class SpeechDetector:
         # that opens with noise would cost a request for 120 ms of nothing. A run that starts
         # the recording and ends within those frames is not speech; real speech runs on.
         run = len(flags) if flags.all() else int(np.argmin(flags))
-        if 0 < run <= STARTUP_FRAMES:
+        if 0 < run <= STARTUP_FRAMES or _line_noise(flags, levels, run):
             flags[:run] = False
         return SpeechMap(
             frame_samples=FRAME_SAMPLES,
@@ -95,3 +98,17 @@ class SpeechDetector:
             loud and is_speech(raw[i * step : (i + 1) * step], _SAMPLE_RATE)
             for i, loud in enumerate(audible)
         )
+
+
+def _line_noise(flags: np.ndarray, levels: np.ndarray, run: int) -> bool:
+    """Whether the run of speech that opens the recording is the VAD's start-up on the line's
+    noise: a little longer than :data:`STARTUP_FRAMES` (the start-up outlasts them when its
+    model adapts slowly), and no louder than the quiet frames that follow it. Talk that opens
+    the call is speech; a run of noise joined to the first word would add up to 0.6 s of talk
+    (the silence up to that word) to the analytics."""
+    if not 0 < run <= 2 * STARTUP_FRAMES:
+        return False
+    after = levels[run : run + _NOISE_FRAMES][~flags[run : run + _NOISE_FRAMES]]
+    if len(after) < STARTUP_FRAMES:
+        return False
+    return float(levels[:run].max()) < float(np.median(after)) + _NOISE_MARGIN_DB

@@ -4,8 +4,9 @@
 sound. The music here is closer to what a contact centre plays: a chord pad, a bass line on
 the beat, a melody with vibrato and a hi-hat, in a random key and tempo. The tones follow the
 national specifications (ITU-T E.180 lists them): a European 425 Hz ringback and busy, the
-North American 440+480 Hz ringback and 350+440 Hz dial tone, the British 400+450 Hz double
-ring, and DTMF digits as dialled. Every function returns float samples at 16 kHz, peaking at
+North American 440+480 Hz ringback, 480+620 Hz busy and 350+440 Hz dial tone, the British
+400+450 Hz double ring, and DTMF digits (ITU-T Q.23 frequencies) dialled by hand and by an
+auto-dialler. Every function returns float samples at 16 kHz, peaking at
 -20 dBFS like the corpus's speech.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["SOUNDS", "TONES", "lounge_music", "tone"]
+__all__ = ["DTMF", "SOUNDS", "TONES", "lounge_music", "tone"]
 
 _RATE = 16_000
 _PEAK = 0.1 * 32768
@@ -25,9 +26,13 @@ TONES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "ringback-us": ((440.0, 480.0), (2.0, 4.0)),
     "ringback-uk": ((400.0, 450.0), (0.4, 0.2, 0.4, 2.0)),
     "busy-eu": ((425.0,), (0.5, 0.5)),
+    "busy-us": ((480.0, 620.0), (0.5, 0.5)),
     "dial-us": ((350.0, 440.0), (3600.0, 0.0)),
 }
 """Call-progress tones: frequencies and their on/off cadence in seconds."""
+DTMF: dict[str, tuple[float, float]] = {"dtmf": (0.1, 0.1), "dtmf-fast": (0.07, 0.07)}
+"""DTMF as dialled by hand (0.1 s on, 0.1 s off) and by an auto-dialler (70 ms, near Q.24's
+40 ms minimum): digit and gap seconds."""
 _DTMF_LOW = (697.0, 770.0, 852.0, 941.0)
 _DTMF_HIGH = (1209.0, 1336.0, 1477.0)
 _MAJOR = (0, 2, 4, 5, 7, 9, 11)
@@ -83,20 +88,23 @@ def lounge_music(samples: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def tone(kind: str, samples: int, rng: np.random.Generator) -> np.ndarray:
-    """A call-progress tone of :data:`TONES`, or ``"dtmf"``: digits dialled 0.1 s on, 0.1 s
-    off, in groups with pauses between them."""
+    """A call-progress tone of :data:`TONES`, or DTMF of :data:`DTMF`: digits of a random
+    number dialled in groups of 3-10 with pauses between them, each digit's two tones 0-3 dB
+    apart (a line's twist)."""
     out = np.zeros(samples)
     t = np.arange(samples) / _RATE
-    if kind == "dtmf":
+    if kind in DTMF:
+        on, off = (int(s * _RATE) for s in DTMF[kind])
         at = 0
         while at < samples:
             for _ in range(int(rng.integers(3, 11))):
                 low, high = rng.choice(_DTMF_LOW), rng.choice(_DTMF_HIGH)
-                n = max(0, min(int(0.1 * _RATE), samples - at))
-                out[at : at + n] = np.sin(2 * np.pi * low * t[:n]) + np.sin(
+                twist = 10 ** (-rng.uniform(0, 3) / 20)
+                n = max(0, min(on, samples - at))
+                out[at : at + n] = np.sin(2 * np.pi * low * t[:n]) + twist * np.sin(
                     2 * np.pi * high * t[:n]
                 )
-                at += 2 * int(0.1 * _RATE)
+                at += on + off
             at += int(rng.uniform(0.5, 1.5) * _RATE)
         return out[:samples] / 2 * _PEAK
     freqs, cadence = TONES[kind]
@@ -113,6 +121,6 @@ def tone(kind: str, samples: int, rng: np.random.Generator) -> np.ndarray:
 
 SOUNDS: dict[str, Callable[[int, np.random.Generator], np.ndarray]] = {
     "lounge music": lounge_music,
-    **{name: (lambda n, rng, k=name: tone(k, n, rng)) for name in (*TONES, "dtmf")},
+    **{name: (lambda n, rng, k=name: tone(k, n, rng)) for name in (*TONES, *DTMF)},
 }
 """Every non-speech sound by name, as ``(samples, rng) -> float samples``."""

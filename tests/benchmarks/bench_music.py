@@ -14,7 +14,9 @@ the worker's default split plan. Per run:
   transcript; "near hold" counts only words within 10 s of the hold (target 0 more than
   without the detector);
 - **billed**: the seconds the API would bill (each request rounded up), without and with;
-- **detector CPU**: seconds of CPU the music detector took, per hour of audio (one channel).
+- **detector CPU**: seconds of CPU the music detector took, per hour of audio (one channel);
+- **reported**: what the detector reports on the agent's channel: seconds of music and
+  call-progress tones (the call's hold) and of DTMF (streams/tones.py; not hold).
 
 Then the corpus's named call itself (plucked-note hold, 8 kHz mu-law) goes through
 bench_economy's layouts and plans without and with the detector: requests, sent and billed.
@@ -39,7 +41,7 @@ from streams.api_limits import billed_seconds
 from streams.chunking import Request, SpeechMap, plan_requests
 from streams.config import Settings
 from streams.decode import SAMPLE_RATE, decode_sync
-from streams.music import MusicDetector, without_music
+from streams.music import MusicDetector, MusicMap, without_music
 from streams.runtime import chunk_policy
 from streams.vad import FRAME_SAMPLES, SpeechDetector
 from tests.audio import hold_music, write_wav, write_wav_blocks
@@ -81,10 +83,15 @@ class MusicFigures:
     billed_off_s: int
     billed_on_s: int
     detector_cpu_s_per_h: float
+    hold_reported_s: float = 0.0
+    dtmf_reported_s: float = 0.0
 
 
-def _maps(path: Path, layout: Layout = "split") -> tuple[list[SpeechMap], list[SpeechMap], float]:
-    """Speech maps without and with the music filter, and the detector's CPU seconds."""
+def _maps(
+    path: Path, layout: Layout = "split", found: list[MusicMap] | None = None
+) -> tuple[list[SpeechMap], list[SpeechMap], float]:
+    """Speech maps without and with the music filter, and the detector's CPU seconds; the
+    music maps go into ``found`` if given."""
     audio = decode_sync(path, layout=layout)
     plain, filtered, cpu = [], [], 0.0
     for pcm in audio.channels:
@@ -101,6 +108,8 @@ def _maps(path: Path, layout: Layout = "split") -> tuple[list[SpeechMap], list[S
         speech_map = vad.finish()
         plain.append(speech_map)
         filtered.append(without_music(speech_map, music_map))
+        if found is not None:
+            found.append(music_map)
     return plain, filtered, cpu
 
 
@@ -145,7 +154,8 @@ def measure(spec: CallSpec, name: str, sound: Sound, rate: int, folder: Path) ->
         write_wav_blocks(path, (pcm[:, i : i + step] for i in range(0, pcm.shape[1], step)))
     else:
         write_wav(path, pcm)
-    plain, filtered, cpu = _maps(path)
+    music_maps: list[MusicMap] = []
+    plain, filtered, cpu = _maps(path, found=music_maps)
     off, on = _plan(plain), _plan(filtered)
     assert truth.hold is not None
     hold = truth.hold
@@ -171,6 +181,8 @@ def measure(spec: CallSpec, name: str, sound: Sound, rate: int, folder: Path) ->
         billed_off_s=sum(billed_seconds(r.duration_s) for r in off),
         billed_on_s=sum(billed_seconds(r.duration_s) for r in on),
         detector_cpu_s_per_h=cpu / (2 * truth.duration_s) * 3600,
+        hold_reported_s=sum(b - a for a, b in music_maps[0].stretches),
+        dtmf_reported_s=sum(t.end_s - t.start_s for t in music_maps[0].tones if t.kind == "dtmf"),
     )
 
 
@@ -178,8 +190,8 @@ def markdown(rows: list[MusicFigures]) -> str:
     """The table of docs/audio.md."""
     lines = [
         "| hold sound | rate | music sent off → on | words lost off → on (near hold) "
-        "| requests | billed off → on | detector CPU s / h |",
-        "|---|---|---|---|---|---|---|",
+        "| requests | billed off → on | detector CPU s / h | reported hold, DTMF |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -189,7 +201,8 @@ def markdown(rows: list[MusicFigures]) -> str:
             f"| {r.words_lost_off_s:.2f} → {r.words_lost_on_s:.2f} s "
             f"({r.near_hold_lost_off_s:.2f} → {r.near_hold_lost_on_s:.2f}) "
             f"| {r.requests_off} → {r.requests_on} "
-            f"| {r.billed_off_s} → {r.billed_on_s} s | {r.detector_cpu_s_per_h:.1f} |"
+            f"| {r.billed_off_s} → {r.billed_on_s} s | {r.detector_cpu_s_per_h:.1f} "
+            f"| {r.hold_reported_s:.1f} s, {r.dtmf_reported_s:.1f} s |"
         )
     return "\n".join(lines)
 

@@ -90,11 +90,12 @@ def test_music_is_left_out_and_speech_stays(held: tuple[np.ndarray, CallTruth]) 
     assert not music[1].stretches
     (start, end), *more = music[0].stretches
     assert not more
-    assert a / SAMPLE_RATE <= start < end <= b / SAMPLE_RATE
+    # (A tone's stretch is as fine as the 60 ms pieces it is found in: up to one piece more.)
+    assert a / SAMPLE_RATE - 0.06 <= start < end <= b / SAMPLE_RATE + 0.06
     assert end - start >= 0.9 * (b - a) / SAMPLE_RATE - 2
 
 
-def test_ringback_is_left_out_in_part() -> None:
+def test_ringback_is_left_out() -> None:
     pcm, truth = compose(SPEC, hold_sound=SOUNDS["ringback-us"])
     assert truth.hold is not None
     a, b = truth.hold
@@ -102,8 +103,10 @@ def test_ringback_is_left_out_in_part() -> None:
     after, _ = _plan(pcm, music_filter=True)
     sent_before = np.count_nonzero(_sent(before, 0, truth.samples)[a:b])
     sent_after = np.count_nonzero(_sent(after, 0, truth.samples)[a:b])
-    # 2 s bursts every 6 s: each burst loses its ends to the speech margins, but not all of it.
-    assert sent_after < 0.7 * sent_before
+    # 2 s bursts every 6 s, too short for the music windows: the tone tracker takes each burst
+    # whole (streams/tones.py; every tone kind in tests/unit/test_tones.py).
+    assert sent_before > 0
+    assert sent_after <= 0.1 * (b - a)
     assert _words_lost_s(truth, after) <= _words_lost_s(truth, before) + WORDS_MARGIN_S
 
 
