@@ -22,6 +22,9 @@ What the agent does with it (:meth:`Ledger.answered`):
   (same ``event_id``, same content), without recognition, and the entry becomes *final*;
 - a recording with a *failed* entry is skipped only when it is the very same event again (same
   topic, partition and offset); a republished one is processed, since failures can be retried;
+- a recording with a *task* entry (or a *publishing* one with a ``task_id``) has a filetrans
+  task submitted for it: it is acknowledged without a second submit; the worker that owns
+  the partition polls the task and answers it (streams/filetrans_poller.py);
 - a recording with a *started* entry was being processed when a worker died (the entry counts
   the starts since its last terminal event, streams/crashloop.py): it is started again, or
   failed ``worker_crashed`` once it has had ``STREAMS_MAX_STARTS`` starts (:meth:`Ledger.begin`
@@ -232,12 +235,38 @@ class Ledger:
         """
         await self._write(event, source, event["type"])
 
-    async def record_intent(self, final: FinalEvent, source: str) -> None:
-        """Keep ``final`` as *publishing* before it is published (see the module docstring)."""
-        await self._write(final, source, "publishing", keep_event=True)
+    async def record_intent(
+        self, final: FinalEvent, source: str, *, task_id: str | None = None
+    ) -> None:
+        """Keep ``final`` as *publishing* before it is published (see the module docstring).
+
+        ``task_id``: a filetrans task's final, whose recording offset has moved on already:
+        the task poller (streams/filetrans_poller.py) publishes it again after a crash.
+        """
+        await self._write(final, source, "publishing", keep_event=True, task_id=task_id)
+
+    def task(self, recording_id: str) -> dict[str, Any] | None:
+        """The recording's filetrans *task* entry (or a task's *publishing* one), if any."""
+        value = self.table.get(recording_id)
+        if isinstance(value, dict) and (
+            value.get("outcome") == "task"
+            or (value.get("outcome") == "publishing" and value.get("task_id"))
+        ):
+            return value
+        return None
+
+    async def record_task(self, recording_id: str, value: dict[str, Any]) -> None:
+        """Keep a submitted filetrans task (outcome ``task``) and wait for the broker."""
+        await self._put(recording_id, value)
 
     async def _write(
-        self, event: TerminalEvent, source: str, outcome: str, *, keep_event: bool = False
+        self,
+        event: TerminalEvent,
+        source: str,
+        outcome: str,
+        *,
+        keep_event: bool = False,
+        task_id: str | None = None,
     ) -> None:
         recording_id = event.get("recording_id")
         if not recording_id:
@@ -250,6 +279,8 @@ class Ledger:
         }
         if keep_event:
             value["event"] = event
+        if task_id:
+            value["task_id"] = task_id
         await self._put(recording_id, value)
 
     async def _put(self, recording_id: str, value: dict[str, Any]) -> None:
