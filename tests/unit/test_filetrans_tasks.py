@@ -98,9 +98,11 @@ async def test_a_task_goes_pending_running_succeeded(client: httpx.AsyncClient) 
     assert result["file_url"] == url
     assert result["audio_info"] == {"format": "wav", "sample_rate": 16000}
     (channel,) = result["transcripts"]
-    assert channel["channel_id"] == 0 and channel["sentences"]
+    assert channel["channel_id"] == 0
+    assert channel["sentences"]
     for sentence in channel["sentences"]:
-        assert sentence["words"] and sentence["begin_time"] <= sentence["end_time"] <= 3261
+        assert sentence["words"]
+        assert sentence["begin_time"] <= sentence["end_time"] <= 3261
 
 
 async def test_faults_fail_a_task_or_hold_it_running(client: httpx.AsyncClient) -> None:
@@ -143,7 +145,7 @@ async def test_faults_fail_a_task_or_hold_it_running(client: httpx.AsyncClient) 
             },
             400,
             id="channel-id",
-        ),  # fmt: skip
+        ),
         pytest.param(
             {
                 "model": MODEL,
@@ -152,7 +154,7 @@ async def test_faults_fail_a_task_or_hold_it_running(client: httpx.AsyncClient) 
             },
             400,
             id="language",
-        ),  # fmt: skip
+        ),
         pytest.param({"model": MODEL, "input": {"file_url": "file:///a.wav"}}, 400, id="file"),
     ],
 )
