@@ -42,7 +42,7 @@ from streams.events import failed_event
 from streams.filetrans_client import FiletransClient, billed_seconds
 from streams.filetrans_final import TaskEntry, task_final
 from streams.filetrans_result import Transcript, parse_result
-from streams.idempotency import Ledger
+from streams.idempotency import Ledger, source_partition
 from streams.publish import EventPublisher
 from streams.redaction import RedactionPolicy
 from streams.redaction_publish import policy_from_event, policy_scope, redact_final
@@ -89,14 +89,14 @@ class TaskPoller:
     def scan(self, owned: Iterable[int]) -> None:
         """Follow every pending task of the ``owned`` partitions; drop the others."""
         partitions = set(owned)
-        table = self._ledger.table
+        table = self._ledger.table  # the entries of the partitions this worker holds
         wanted: dict[str, dict[str, Any]] = {}
         for key, value in list(table.data.items()):
             if not isinstance(value, dict) or value.get("outcome") not in ("task", "publishing"):
                 continue
             if value["outcome"] == "publishing" and not value.get("task_id"):
                 continue  # the agent is publishing it, or a redelivery will
-            if table.partition_for_key(key) in partitions:
+            if source_partition(str(value.get("source", ""))) in partitions:
                 wanted[str(key)] = value
         for rid in [r for r in self._following if r not in wanted]:
             self._following.pop(rid).cancel()  # the partition moved to another worker

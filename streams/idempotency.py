@@ -49,6 +49,7 @@ the recogniser again, whatever crashes. What remains:
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -60,7 +61,15 @@ from streams.event_types import FailedEvent, FinalEvent, TerminalEvent
 from streams.events import now_iso
 from streams.publish import EventPublisher
 
-__all__ = ["Ledger", "LedgerPublisher", "Outcome", "Starts", "changelog_configs", "changelog_topic"]
+__all__ = [
+    "Ledger",
+    "LedgerPublisher",
+    "Outcome",
+    "Starts",
+    "changelog_configs",
+    "changelog_topic",
+    "source_partition",
+]
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +297,14 @@ class Ledger:
         # What ``table[recording_id] = value`` does, keeping the changelog future so that the
         # recording's offset moves on only once the entry is on the broker (this narrows the
         # window described above to one round trip instead of the producer's linger).
-        future = table.send_changelog(table.partition_for_key(recording_id), recording_id, value)
+        # Outside the agent's iteration (the filetrans poller) there is no current event:
+        # the entry goes to the partition of the recording event it answers (its source).
+        partition = (
+            table.partition_for_key(recording_id)
+            if faust.current_event() is not None
+            else source_partition(str(value.get("source", "")))
+        )
+        future = table.send_changelog(partition, recording_id, value)
         table.data[recording_id] = value
         await future
 
@@ -320,6 +336,12 @@ class LedgerPublisher:
     async def failed(self, event: FailedEvent) -> None:
         """Publish a failed event, as the inner publisher does."""
         await self._inner.failed(event)
+
+
+def source_partition(source: str) -> int | None:
+    """The partition of ``topic[partition]@offset``; None if it names none."""
+    match = re.search(r"\[(\d+)\]@-?\d+$", source)
+    return int(match.group(1)) if match else None
 
 
 def _iso_ago(seconds: float) -> str:
