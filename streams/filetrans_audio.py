@@ -1,11 +1,11 @@
 """The filetrans backend's audio: one silence-compacted FLAC per call, and its stretch map.
 
 The asynchronous recogniser bills every second of the file on every channel it transcribes, so
-the silence the VAD found is left out before the upload: the speech stretches of the call (the
-planned requests' stretches, padding included, of every channel at once so that the channels
-stay aligned) are played back to back, ``gap_s`` of silence apart so that the recogniser still
-hears a sentence end there. A :class:`StretchMap` says where each stretch went, and maps a time
-in the file back to the call's timeline (:meth:`StretchMap.call_time`).
+the silence the VAD found is left out before the upload: each channel's speech stretches (the
+planned requests' stretches, padding included) are played back to back on that channel's
+track, ``gap_s`` of silence apart so that the recogniser still hears a sentence end there. A
+:class:`StretchMap` per track says where each stretch went, and maps a time in the file back to
+the call's timeline (:meth:`StretchMap.call_time`).
 
 Runs off the event loop (an audio process or a thread), like streams/audiowork.py.
 """
@@ -78,15 +78,19 @@ class StretchMap:
 
 @dataclass(frozen=True)
 class CompactAudio:
-    """The compacted FLAC (every planned channel, one track each) and its map."""
+    """The compacted FLAC (a track per planned channel) and each track's map."""
 
     flac: bytes
-    channels: int
-    map: StretchMap
+    maps: tuple[StretchMap, ...]
+
+    @property
+    def file_seconds(self) -> float:
+        """Length of the file: its longest track (the others end in silence)."""
+        return max((m.file_seconds for m in self.maps), default=0.0)
 
 
 def union_stretches(requests: Iterable[Request]) -> list[tuple[int, int]]:
-    """The stretches of all ``requests`` (any channel) as sorted, non-overlapping samples."""
+    """The stretches of all ``requests`` as sorted, non-overlapping samples."""
     merged: list[tuple[int, int]] = []
     for a, b in sorted(s for r in requests for s in r.stretches):
         if merged and a <= merged[-1][1]:
@@ -99,32 +103,37 @@ def union_stretches(requests: Iterable[Request]) -> list[tuple[int, int]]:
 def compact_audio(
     audio: SpooledAudio, requests: Sequence[Request], channels: Sequence[int], gap_s: float
 ) -> CompactAudio:
-    """Read the stretches of ``requests`` of each of ``channels`` from the spool, with
-    ``gap_s`` of silence between them, and encode them as one FLAC (a track per channel)."""
+    """Each of ``channels``' stretches (from its ``requests``) read from the spool and played
+    back to back, ``gap_s`` of silence apart, as one track of a FLAC file per channel.
+
+    Each channel is compacted on its own (its own map): the recogniser bills every channel
+    for the file's length, so a track holds only its own party's speech, and the file is as
+    long as the most talkative party, not as both parties' speech together.
+    """
     rate = audio.sample_rate
     gap = np.zeros(round(gap_s * rate), dtype=np.int16)
-    spans = union_stretches(requests)
-    tracks: list[list[np.ndarray]] = [[] for _ in channels]
-    mapped: list[tuple[float, float, float]] = []
-    at = 0
-    for i, (a, b) in enumerate(spans):
-        if i:
-            for track in tracks:
-                track.append(gap)
-            at += len(gap)
-        mapped.append((a / rate, b / rate, at / rate))
-        for track, channel in zip(tracks, channels, strict=True):
+    tracks: list[np.ndarray] = []
+    maps: list[StretchMap] = []
+    for channel in channels:
+        spans = union_stretches(r for r in requests if r.channel == channel)
+        pieces: list[np.ndarray] = []
+        mapped: list[tuple[float, float, float]] = []
+        at = 0
+        for i, (a, b) in enumerate(spans):
+            if i:
+                pieces.append(gap)
+                at += len(gap)
+            mapped.append((a / rate, b / rate, at / rate))
             pcm = audio.read(channel, a, b)
             if len(pcm) < b - a:
                 pcm = np.concatenate([pcm, np.zeros(b - a - len(pcm), dtype=np.int16)])
-            track.append(pcm)
-        at += b - a
-    pcm = np.stack(
-        [np.concatenate(t) if t else np.zeros(rate // 10, dtype=np.int16) for t in tracks]
-    )
-    return CompactAudio(
-        encode_flac_tracks(pcm, rate), len(channels), StretchMap(tuple(mapped), gap_s)
-    )
+            pieces.append(pcm)
+            at += b - a
+        tracks.append(np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16))
+        maps.append(StretchMap(tuple(mapped), gap_s))
+    length = max([len(t) for t in tracks] + [rate // 10])
+    pcm = np.stack([np.pad(t, (0, length - len(t))) for t in tracks])
+    return CompactAudio(encode_flac_tracks(pcm, rate), tuple(maps))
 
 
 def encode_flac_tracks(pcm: np.ndarray, sample_rate: int) -> bytes:

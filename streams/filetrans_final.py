@@ -1,7 +1,7 @@
 """A filetrans task as the ledger keeps it, and the final event built from its result.
 
 The task entry (:class:`TaskEntry`, outcome ``task`` in the ``finalized`` table) carries all
-that the final event needs besides the result: the recording's fields, the stretch map, each
+that the final event needs besides the result: the recording's fields, the stretch maps, each
 role's talk on the call timeline (for the analytics), the deadline, the run. So any worker
 that owns the partition can finish the task from the entry alone, without the recording event
 or its audio.
@@ -44,7 +44,8 @@ class TaskEntry:
     """The call channel each track of the submitted file carries."""
     roles: list[str | None]
     """Role of each call channel."""
-    map: StretchMap
+    maps: list[StretchMap]
+    """Each track's stretch map."""
     audio_seconds: float
     speech_seconds: float
     sent_seconds: float
@@ -54,6 +55,11 @@ class TaskEntry:
     redaction: dict[str, Any] | None = None
     request_ids: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def file_seconds(self) -> float:
+        """Length of the submitted file (its longest track)."""
+        return max((m.file_seconds for m in self.maps), default=0.0)
 
     def to_value(self) -> dict[str, Any]:
         """The table value (JSON) of this entry."""
@@ -72,7 +78,7 @@ class TaskEntry:
             "split": self.split,
             "channels": self.channels,
             "roles": self.roles,
-            "map": self.map.to_json(),
+            "maps": [m.to_json() for m in self.maps],
             "audio_seconds": self.audio_seconds,
             "speech_seconds": self.speech_seconds,
             "sent_seconds": self.sent_seconds,
@@ -102,7 +108,7 @@ class TaskEntry:
                 split=bool(value["split"]),
                 channels=[int(c) for c in value["channels"]],
                 roles=list(value["roles"]),
-                map=StretchMap.from_json(value["map"]),
+                maps=[StretchMap.from_json(m) for m in value["maps"]],
                 audio_seconds=float(value["audio_seconds"]),
                 speech_seconds=float(value["speech_seconds"]),
                 sent_seconds=float(value["sent_seconds"]),

@@ -175,12 +175,12 @@ class TaskPoller:
                             f"task {entry.task_id} SUCCEEDED without a transcription_url"
                         )
                     data = await self._client.result(status.transcription_url)
-                    transcript = parse_result(data, entry.map, entry.roles, entry.channels)
+                    transcript = parse_result(data, entry.maps, entry.roles, entry.channels)
                 except PipelineError as exc:
                     await self._fail(entry, exc, polls)
                     return
                 billed = billed_seconds(
-                    status.usage_seconds, len(entry.channels), entry.map.file_seconds
+                    status.usage_seconds, len(entry.channels), entry.file_seconds
                 )
                 status_request = [status.request_id] if status.request_id else []
                 break

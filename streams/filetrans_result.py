@@ -47,12 +47,15 @@ def _items(value: Any, what: str) -> list[dict[str, Any]]:
 
 
 def parse_result(
-    data: Any, stretch_map: StretchMap, roles: Sequence[str | None], channels: Sequence[int]
+    data: Any,
+    maps: Sequence[StretchMap],
+    roles: Sequence[str | None],
+    channels: Sequence[int],
 ) -> Transcript:
     """The sentences and words of a result file, on the call timeline in seconds.
 
-    ``channels[i]`` is the call's channel that the file's track ``i`` carries, ``roles`` the
-    role of each call channel (None for a mixed call).
+    ``channels[i]`` is the call's channel that the file's track ``i`` carries and ``maps[i]``
+    that track's stretch map; ``roles`` the role of each call channel (None: a mixed call).
 
     Raises:
         RecognitionProtocolError: not the documented shape.
@@ -64,7 +67,7 @@ def parse_result(
         track = transcript.get("channel_id", 0)
         if not isinstance(track, int) or not 0 <= track < len(channels):
             raise RecognitionProtocolError(f"filetrans result: unknown channel_id {track!r}")
-        channel = channels[track]
+        channel, stretch_map = channels[track], maps[track]
         role = roles[channel] if channel < len(roles) else None
         for raw in _items(transcript.get("sentences"), "sentences"):
             text = raw.get("text")

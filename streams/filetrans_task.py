@@ -1,8 +1,8 @@
 """The filetrans backend's first half: from a recording event to a durable task entry.
 
 :meth:`TaskStarter.start` validates the event, fetches and decodes the audio, runs the VAD
-(streams/audiowork.py, as the streaming pipeline does), compacts the speech into one FLAC
-(streams/filetrans_audio.py), uploads it (or passes a public ``https://`` audio_url through
+(streams/audiowork.py, as the streaming pipeline does), compacts each channel's speech into its
+track of one FLAC (streams/filetrans_audio.py), uploads it (or passes a public ``https://`` audio_url through
 when allowed), submits ONE task for the call, and writes the task entry to the ledger, waiting
 for the broker. Then it returns, and the recording's offset moves on: the partition does not
 wait for the recogniser. The task poller (streams/filetrans_poller.py) finishes the recording.
@@ -154,7 +154,7 @@ class TaskStarter:
             if passed:
                 channels = list(range(len(planned.audio.paths)))
                 duration = planned.audio.duration_s
-                stretch_map = StretchMap(((0.0, duration, 0.0),), 0.0)
+                maps = [StretchMap(((0.0, duration, 0.0),), 0.0)] * len(channels)
                 file_url = recording.audio_url
             elif channels:
                 compact = await self._stages.run(
@@ -166,11 +166,11 @@ class TaskStarter:
                     channels,
                     self._ft.gap_s,
                 )
-                stretch_map = compact.map
+                maps = list(compact.maps)
                 name = re.sub(r"[^A-Za-z0-9._-]+", "-", rid)[:80] + ".flac"
                 file_url = await self._client.upload(compact.flac, name=name, model=model)
             else:
-                stretch_map = StretchMap((), 0.0)  # no speech: no task, an empty final
+                maps = []  # no speech: no task, an empty final
             timings["upload_s"] = time.perf_counter() - t - timings["decode_s"]
             if channels:
                 task_id, request_id = await self._client.submit(
@@ -196,10 +196,10 @@ class TaskStarter:
             split=split,
             channels=channels,
             roles=list(roles),
-            map=stretch_map,
+            maps=maps,
             audio_seconds=planned.audio.duration_s,
             speech_seconds=sum(r.speech_s for r in planned.requests),
-            sent_seconds=stretch_map.file_seconds * max(1, len(channels)) if channels else 0.0,
+            sent_seconds=max((m.file_seconds for m in maps), default=0.0) * len(channels),
             talk=[(role, list(spans)) for role, spans in talk.items()],
             hold=list(planned.music),
             call=recording.call,

@@ -55,8 +55,8 @@ def _request(channel: int, *stretches: tuple[float, float]) -> Request:
     )
 
 
-def test_compacted_audio_keeps_every_channels_speech_aligned(tmp_path: Any) -> None:
-    """Stretches of both channels are merged; the file holds them with gaps, one track each."""
+def test_each_channel_is_compacted_on_its_own_track(tmp_path: Any) -> None:
+    """Each track holds its channel's stretches with gaps; the file is the longest track."""
     samples = 8 * RATE
     paths = []
     for channel in range(2):
@@ -69,17 +69,20 @@ def test_compacted_audio_keeps_every_channels_speech_aligned(tmp_path: Any) -> N
     requests = [_request(0, (0.5, 1.5)), _request(1, (1.0, 2.5)), _request(0, (6.0, 7.0))]
     assert union_stretches(requests) == [(8000, 40000), (96000, 112000)]
     compact = compact_audio(audio, requests, [0, 1], 0.5)
-    assert compact.map.stretches == ((0.5, 2.5, 0.0), (6.0, 7.0, 2.5))
+    # Each channel compacted on its own: channel 0 has two stretches, channel 1 one.
+    assert compact.maps[0].stretches == ((0.5, 1.5, 0.0), (6.0, 7.0, 1.5))
+    assert compact.maps[1].stretches == ((1.0, 2.5, 0.0),)
+    assert compact.file_seconds == pytest.approx(2.5)
     with av.open(io.BytesIO(compact.flac)) as container:
         stream = container.streams.audio[0]
         assert stream.channels == 2
         frames = [f.to_ndarray() for f in container.decode(stream)]
-    pcm = np.concatenate(frames, axis=1).reshape(-1, 2).T if frames[0].shape[0] == 1 else None
-    assert pcm is not None
-    assert pcm.shape[1] == round(3.5 * RATE)
+    pcm = np.concatenate(frames, axis=1).reshape(-1, 2).T
+    assert pcm.shape[1] == round(2.5 * RATE)
     assert pcm[0, 100] == 1000  # channel 0 at 0.5 s of the call
-    assert pcm[1, 100] == 0  # channel 1 starts speaking at 1 s
-    assert not pcm[:, 2 * RATE + 8000 + 10 : 2 * RATE + 8000 + 20].any()  # the gap
+    assert pcm[1, 100] == 2000  # channel 1's track starts at its own speech (1.0 s)
+    assert not pcm[0, round(1.5 * RATE) + 10 : round(1.5 * RATE) + 20].any()  # the gap
+    assert not pcm[1, round(1.5 * RATE) + 10 :].any()  # the shorter track ends in silence
 
 
 def _result() -> dict[str, Any]:
@@ -120,7 +123,7 @@ def _result() -> dict[str, Any]:
 
 
 def test_result_sentences_and_words_come_back_on_the_call_timeline_in_order() -> None:
-    transcript = parse_result(_result(), MAP, ["agent", "customer"], [0, 1])
+    transcript = parse_result(_result(), [MAP, MAP], ["agent", "customer"], [0, 1])
     got = [(s["start"], s["end"], s["role"], s["text"]) for s in transcript.sentences]
     assert got == [
         (1.1, 1.9, "agent", "Hello."),
@@ -139,7 +142,7 @@ def test_result_sentences_and_words_come_back_on_the_call_timeline_in_order() ->
 
 
 def test_sentences_become_turns_by_role() -> None:
-    transcript = parse_result(_result(), MAP, ["agent", "customer"], [0, 1])
+    transcript = parse_result(_result(), [MAP, MAP], ["agent", "customer"], [0, 1])
     turns = turns_of(segments_of(transcript.sentences))
     assert [(t["role"], t["start_s"], t["end_s"]) for t in turns] == [
         ("agent", 1.1, 1.9),
@@ -160,7 +163,7 @@ def test_sentences_become_turns_by_role() -> None:
 )
 def test_a_result_of_the_wrong_shape_is_a_protocol_error(bad: Any) -> None:
     with pytest.raises(RecognitionProtocolError):
-        parse_result(bad, MAP, ["agent", "customer"], [0, 1])
+        parse_result(bad, [MAP, MAP], ["agent", "customer"], [0, 1])
 
 
 def test_billed_seconds_are_the_usage_rounded_up_else_each_channels_file() -> None:
@@ -183,7 +186,7 @@ def test_the_task_entry_round_trips_and_builds_a_schema_final() -> None:
         split=True,
         channels=[0, 1],
         roles=["agent", "customer"],
-        map=MAP,
+        maps=[MAP, MAP],
         audio_seconds=7.0,
         speech_seconds=2.0,
         sent_seconds=4.8,
@@ -191,8 +194,8 @@ def test_the_task_entry_round_trips_and_builds_a_schema_final() -> None:
     )
     again = TaskEntry.from_value(entry.to_value())
     assert again is not None
-    assert again.map == MAP
-    transcript = parse_result(_result(), again.map, again.roles, again.channels)
+    assert again.maps == [MAP, MAP]
+    transcript = parse_result(_result(), again.maps, again.roles, again.channels)
     final = task_final(
         again,
         transcript,
