@@ -1,11 +1,12 @@
 """The filetrans backend's first half: from a recording event to a durable task entry.
 
 :meth:`TaskStarter.start` validates the event, fetches and decodes the audio, runs the VAD
-(streams/audiowork.py, as the streaming pipeline does), compacts each channel's speech into its
-track of one FLAC (streams/filetrans_audio.py), uploads it (or passes a public ``https://``
-audio_url through when allowed), submits ONE task for the call, and writes the task entry to the ledger, waiting
-for the broker. Then it returns, and the recording's offset moves on: the partition does not
-wait for the recogniser. The task poller (streams/filetrans_poller.py) finishes the recording.
+(streams/audiowork.py, as the streaming pipeline does), compacts each channel's speech into
+its track of one FLAC (streams/filetrans_audio.py), uploads it (or passes a public
+``https://`` audio_url through when allowed), submits ONE task for the call, and writes the
+task entry to the ledger, waiting for the broker. Then it returns, and the recording's offset
+moves on: the partition does not wait for the recogniser. The task poller
+(streams/filetrans_poller.py) finishes the recording.
 
 A failure before the task exists is answered at once with one failed event, as the pipeline
 does; the caller (streams/answer.py) records it in the ledger.
