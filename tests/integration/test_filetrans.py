@@ -179,3 +179,27 @@ async def test_a_failed_task_gives_one_failed_event_with_the_vendor_code(
     assert [t["type"] for t in terminal] == ["failed"], terminal
     assert terminal[0]["error"]["code"] == "asr_task_failed"
     assert terminal[0]["error"]["message"].startswith("FILE_403_FORBIDDEN")
+
+
+async def test_a_task_past_the_recordings_deadline_fails_deadline_exceeded(
+    stack: Stack, scripted_server: ScriptedServer, tmp_path: Path
+) -> None:
+    """A task held RUNNING beyond the recording's deadline: one failed ``deadline_exceeded``,
+    and a partition that moved on meanwhile (a second recording finished first)."""
+    call, _ = stereo_call(SCRIPT[:2])
+    late, quick = write_wav(tmp_path / "late.wav", call), write_wav(tmp_path / "quick.wav", call)
+    scripted_server.set_faults([{"fault": "task_hold", "match": {"file_url_contains": "late-1"}}])
+    stack.start_worker(**FILETRANS_ENV, STREAMS_RECORDING_DEADLINE_S="15")
+    # Same key prefix, so that both may share a partition; either way each is answered once.
+    await stack.publish([_event("late-1", late, backend="filetrans")])
+    await _held_task(scripted_server, "late-1")
+    await stack.publish([_event("quick-1", quick, backend="filetrans")])
+    await _terminal(stack, {"late-1", "quick-1"}, timeout_s=120)
+    messages = await stop_and_drain(stack)
+    scripted_server._call("POST", "/scripted/release", {})
+    terminal = {m.value["recording_id"]: m.value for m in stack.terminal(messages)}
+    assert len(stack.terminal(messages)) == 2
+    assert terminal["quick-1"]["type"] == "final"
+    assert terminal["late-1"]["type"] == "failed"
+    assert terminal["late-1"]["error"]["code"] == "deadline_exceeded"
+    assert terminal["quick-1"]["completed_at"] < terminal["late-1"]["failed_at"]
