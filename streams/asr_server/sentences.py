@@ -1,9 +1,10 @@
 """Words into sentences for the long-file API's result, and the speech stretches of a channel.
 
 A sentence ends after a word whose punctuation closes one (``. ? !``, their full-width forms,
-``…``) and before a pause of :data:`PAUSE_S` or more between two words. Each word of the result
-carries its text without the trailing punctuation and the punctuation apart, as the vendor's
-``enable_words`` result does; times are whole milliseconds on the file's timeline.
+``…``; not the full stop of an abbreviation such as "Mr." or of an initial) and before a
+pause of :data:`PAUSE_S` or more between two words. Each word of the result carries its text
+without the trailing punctuation and the punctuation apart, as the vendor's ``enable_words``
+result does; times are whole milliseconds on the file's timeline.
 
 :func:`speech_stretches` finds where a channel speaks with a plain level gate; the scripted
 engine lays its words over those stretches so that its sentences follow the real speech.
@@ -39,6 +40,10 @@ BELOW_PEAK_DB = 35.0
 MIN_SPEECH_S = 0.12
 """A shorter burst (a click, a breath) is not a stretch of speech."""
 _ENDS = frozenset(".?!\u3002\uff1f\uff01\u2026")
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr vs etc e.g i.e approx dept inc ltd".split()  # noqa: SIM905
+)
+"""Words whose full stop does not end a sentence (compared lowercased, without the stop)."""
 _CJK = re.compile("[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 # Trailing punctuation: ASCII, CJK full stop/comma/enumeration comma, full-width ; : ? ! ),
 # ellipsis, closing quotes.
@@ -56,6 +61,11 @@ def split_punctuation(token: str) -> tuple[str, str]:
     return token[: found.start()], found.group().strip()
 
 
+def _initial(text: str) -> bool:
+    """A single capital letter other than "I" (as in "J. Smith")."""
+    return len(text) == 1 and text.isupper() and text != "I"
+
+
 def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
@@ -69,7 +79,9 @@ def split_sentences(words: Sequence[Word], *, pause_s: float = PAUSE_S) -> list[
             sentences.append(current)
             current = []
         current.append(word)
-        _, punctuation = split_punctuation(word.text)
+        text, punctuation = split_punctuation(word.text)
+        if punctuation == "." and (text.lower() in _ABBREVIATIONS or _initial(text)):
+            continue  # "Mr." or an initial: the sentence goes on
         if punctuation and punctuation[-1] in _ENDS:
             sentences.append(current)
             current = []
