@@ -131,8 +131,8 @@ class UploadStore:
             raise ApiError(400, "InvalidParameter", BAD_URL)
         self._expire()
         found = self._objects.get(url.removeprefix("oss://"))
-        if found is None:
-            raise ApiError(400, "InvalidParameter", "Failed to download multimodal content.")
+        if found is None:  # never uploaded here, or expired
+            raise ApiError(400, "InvalidParameter", BAD_URL)
         return found.data
 
     @staticmethod
