@@ -37,6 +37,8 @@ FLOOR_DBFS = -55.0
 """Frames quieter than this are never speech."""
 BELOW_PEAK_DB = 35.0
 """Frames this far below the channel's loud frames are silence."""
+ABOVE_NOISE_DB = 12.0
+"""Frames less than this above the channel's quiet frames (10th percentile) are noise."""
 MIN_SPEECH_S = 0.12
 """A shorter burst (a click, a breath) is not a stretch of speech."""
 _ENDS = frozenset(".?!\u3002\uff1f\uff01\u2026")
@@ -143,8 +145,9 @@ def speech_stretches(
 ) -> list[tuple[float, float]]:
     """Stretches ``(begin_s, end_s)`` of speech in int16 mono ``pcm``.
 
-    A frame is loud when its RMS is above :data:`FLOOR_DBFS` and within
-    :data:`BELOW_PEAK_DB` of the channel's loud frames (their 95th percentile); loud frames
+    A frame is loud when its RMS is above :data:`FLOOR_DBFS`, within :data:`BELOW_PEAK_DB` of
+    the channel's loud frames (their 95th percentile) and :data:`ABOVE_NOISE_DB` over its
+    quiet ones (10th percentile; at most 10 dB under the loud ones); loud frames
     closer than ``pause_s`` join one stretch, and stretches shorter than
     :data:`MIN_SPEECH_S` are dropped.
     """
@@ -155,7 +158,11 @@ def speech_stretches(
     frames = pcm[: count * frame].astype(np.float64).reshape(count, frame) / 32768.0
     level = 10.0 * np.log10(np.mean(frames * frames, axis=1) + 1e-12)
     peak = float(np.percentile(level, 95))
-    loud = level > max(FLOOR_DBFS, peak - BELOW_PEAK_DB)
+    noise = float(np.percentile(level, 10))
+    # Over the floor, near enough the peak, and clear of steady background noise (unless the
+    # channel speaks nearly all the time, when its 10th percentile is speech too).
+    threshold = max(FLOOR_DBFS, peak - BELOW_PEAK_DB, min(noise + ABOVE_NOISE_DB, peak - 10.0))
+    loud = level > threshold
     stretches: list[list[int]] = []
     gap = max(1, round(pause_s / FRAME_S))
     for index in np.flatnonzero(loud):
