@@ -240,8 +240,7 @@ def test_a_held_task_stays_running_until_released(sdk: ScriptedServer, audio_sit
     task_id = submitted.output["task_id"]
     time.sleep(1.5)
     assert QwenTranscription.fetch(task_id, api_key=sdk.api_key).output["task_status"] == "RUNNING"
-    released = httpx.post(f"{sdk.base_url}/scripted/release", json={"task_id": task_id})
-    assert released.json() == {"released": [task_id]}
+    assert sdk.release(task_id) == [task_id]
     final = QwenTranscription.wait(task_id, api_key=sdk.api_key)
     assert final.output["task_status"] == "SUCCEEDED"
     task = [e for e in sdk.journal() if e["kind"] == "task" and e["task_id"] == task_id]

@@ -192,3 +192,18 @@ async def test_concurrency_keeps_the_rest_pending() -> None:
             states.append(body["output"]["task_status"])
         assert states == ["RUNNING", "PENDING"]
         assert (await _statuses(http, second))[-1]["output"]["task_status"] == "SUCCEEDED"
+
+
+async def test_finished_tasks_beyond_the_retention_are_forgotten() -> None:
+    transport = httpx.ASGITransport(app=_app(pending_s=0.0, delay_s=0.0, retention=2))
+    async with httpx.AsyncClient(transport=transport, base_url="http://asr") as http:
+        url = await _upload(http)
+        tasks = []
+        for _ in range(3):
+            tasks.append((await _submit(http, url)).json()["output"]["task_id"])
+            assert (await _statuses(http, tasks[-1]))[-1]["output"]["task_status"] == "SUCCEEDED"
+        states = []
+        for task in tasks:
+            body = (await http.get(f"/api/v1/tasks/{task}", headers=HEADERS)).json()
+            states.append(body["output"]["task_status"])
+        assert states == ["UNKNOWN", "SUCCEEDED", "SUCCEEDED"]
