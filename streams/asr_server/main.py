@@ -6,7 +6,9 @@ over its environment variable (``STREAMS_ASR_*``, see ``--help``). The server
 listens only once the model is loaded, so ``/health`` answers only when it can recognise.
 Prints one line, ``ASR server (<engine> engine) listening on http://HOST:PORT``, once it
 accepts connections (with ``--port 0`` the line names the port the system chose), and shuts
-down cleanly on SIGTERM or SIGINT.
+down cleanly on SIGTERM or SIGINT. Both engines also serve the long-file API
+(``qwen3-asr-flash-filetrans``, streams/asr_server/filetrans.py) and the temporary upload
+(streams/asr_server/uploads.py); their flags are in the "long-file API" group of ``--help``.
 """
 
 from __future__ import annotations

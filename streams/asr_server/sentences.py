@@ -1,9 +1,10 @@
 """Words into sentences for the long-file API's result, and the speech stretches of a channel.
 
 A sentence ends after a word whose punctuation closes one (``. ? !``, their full-width forms,
-``…``) and before a pause of :data:`PAUSE_S` or more between two words. Each word of the result
-carries its text without the trailing punctuation and the punctuation apart, as the vendor's
-``enable_words`` result does; times are whole milliseconds on the file's timeline.
+``…``; not the full stop of an abbreviation such as "Mr." or of an initial) and before a
+pause of :data:`PAUSE_S` or more between two words. Each word of the result carries its text
+without the trailing punctuation and the punctuation apart, as the vendor's ``enable_words``
+result does; times are whole milliseconds on the file's timeline.
 
 :func:`speech_stretches` finds where a channel speaks with a plain level gate; the scripted
 engine lays its words over those stretches so that its sentences follow the real speech.
@@ -36,9 +37,15 @@ FLOOR_DBFS = -55.0
 """Frames quieter than this are never speech."""
 BELOW_PEAK_DB = 35.0
 """Frames this far below the channel's loud frames are silence."""
+ABOVE_NOISE_DB = 12.0
+"""Frames less than this above the channel's quiet frames (10th percentile) are noise."""
 MIN_SPEECH_S = 0.12
 """A shorter burst (a click, a breath) is not a stretch of speech."""
 _ENDS = frozenset(".?!\u3002\uff1f\uff01\u2026")
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof st jr sr vs etc e.g i.e approx dept inc ltd".split()  # noqa: SIM905
+)
+"""Words whose full stop does not end a sentence (compared lowercased, without the stop)."""
 _CJK = re.compile("[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
 # Trailing punctuation: ASCII, CJK full stop/comma/enumeration comma, full-width ; : ? ! ),
 # ellipsis, closing quotes.
@@ -56,6 +63,11 @@ def split_punctuation(token: str) -> tuple[str, str]:
     return token[: found.start()], found.group().strip()
 
 
+def _initial(text: str) -> bool:
+    """A single capital letter other than "I" (as in "J. Smith")."""
+    return len(text) == 1 and text.isupper() and text != "I"
+
+
 def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
@@ -69,7 +81,9 @@ def split_sentences(words: Sequence[Word], *, pause_s: float = PAUSE_S) -> list[
             sentences.append(current)
             current = []
         current.append(word)
-        _, punctuation = split_punctuation(word.text)
+        text, punctuation = split_punctuation(word.text)
+        if punctuation == "." and (text.lower() in _ABBREVIATIONS or _initial(text)):
+            continue  # "Mr." or an initial: the sentence goes on
         if punctuation and punctuation[-1] in _ENDS:
             sentences.append(current)
             current = []
@@ -131,8 +145,9 @@ def speech_stretches(
 ) -> list[tuple[float, float]]:
     """Stretches ``(begin_s, end_s)`` of speech in int16 mono ``pcm``.
 
-    A frame is loud when its RMS is above :data:`FLOOR_DBFS` and within
-    :data:`BELOW_PEAK_DB` of the channel's loud frames (their 95th percentile); loud frames
+    A frame is loud when its RMS is above :data:`FLOOR_DBFS`, within :data:`BELOW_PEAK_DB` of
+    the channel's loud frames (their 95th percentile) and :data:`ABOVE_NOISE_DB` over its
+    quiet ones (10th percentile; at most 10 dB under the loud ones); loud frames
     closer than ``pause_s`` join one stretch, and stretches shorter than
     :data:`MIN_SPEECH_S` are dropped.
     """
@@ -143,7 +158,11 @@ def speech_stretches(
     frames = pcm[: count * frame].astype(np.float64).reshape(count, frame) / 32768.0
     level = 10.0 * np.log10(np.mean(frames * frames, axis=1) + 1e-12)
     peak = float(np.percentile(level, 95))
-    loud = level > max(FLOOR_DBFS, peak - BELOW_PEAK_DB)
+    noise = float(np.percentile(level, 10))
+    # Over the floor, near enough the peak, and clear of steady background noise (unless the
+    # channel speaks nearly all the time, when its 10th percentile is speech too).
+    threshold = max(FLOOR_DBFS, peak - BELOW_PEAK_DB, min(noise + ABOVE_NOISE_DB, peak - 10.0))
+    loud = level > threshold
     stretches: list[list[int]] = []
     gap = max(1, round(pause_s / FRAME_S))
     for index in np.flatnonzero(loud):

@@ -131,8 +131,8 @@ class UploadStore:
             raise ApiError(400, "InvalidParameter", BAD_URL)
         self._expire()
         found = self._objects.get(url.removeprefix("oss://"))
-        if found is None:
-            raise ApiError(400, "InvalidParameter", "Failed to download multimodal content.")
+        if found is None:  # never uploaded here, or expired
+            raise ApiError(400, "InvalidParameter", BAD_URL)
         return found.data
 
     @staticmethod
@@ -159,6 +159,18 @@ def parse_form(content_type: str, body: bytes) -> tuple[dict[str, str], bytes | 
         else:
             fields[name] = payload.decode("utf-8", "replace")
     return fields, data
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    """The request body, refused as OSS refuses an upload over its size once past ``cap``."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise ApiError(400, "EntityTooLarge", "Your proposed upload exceeds the maximum size.")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _oss_error(exc: ApiError) -> Response:
@@ -192,8 +204,8 @@ def upload_routes(
         return JSONResponse({"request_id": request_id, "data": store.policy(model, host)})
 
     async def upload(request: Request) -> Response:
-        body = await request.body()
         try:
+            body = await _read_capped(request, store.capacity_bytes + MiB)
             fields, data = parse_form(request.headers.get("content-type", ""), body)
             if data is None:
                 raise ApiError(400, "InvalidArgument", "the form has no file")

@@ -61,6 +61,14 @@ def test_sentences_end_on_closing_punctuation_and_on_long_pauses() -> None:
     assert split_sentences(words, pause_s=1.0)[1] == words[2:]
 
 
+def test_abbreviations_and_initials_do_not_end_a_sentence() -> None:
+    words = [
+        Word(t, i * 0.3, i * 0.3 + 0.2)
+        for i, t in enumerate(["And", "Mr.", "J.", "Smith", "came."])
+    ]
+    assert len(split_sentences(words)) == 1
+
+
 def test_channel_transcript_shape_and_milliseconds() -> None:
     words = [Word("Hello,", 0.0, 0.4), Word("world.", 0.5, 0.9), Word("Bye.", 2.0, 2.3)]
     result = channel_transcript(1, words, language="en", emotion=None)

@@ -192,3 +192,42 @@ async def test_concurrency_keeps_the_rest_pending() -> None:
             states.append(body["output"]["task_status"])
         assert states == ["RUNNING", "PENDING"]
         assert (await _statuses(http, second))[-1]["output"]["task_status"] == "SUCCEEDED"
+
+
+async def test_finished_tasks_beyond_the_retention_are_forgotten() -> None:
+    transport = httpx.ASGITransport(app=_app(pending_s=0.0, delay_s=0.0, retention=2))
+    async with httpx.AsyncClient(transport=transport, base_url="http://asr") as http:
+        url = await _upload(http)
+        tasks = []
+        for _ in range(3):
+            tasks.append((await _submit(http, url)).json()["output"]["task_id"])
+            assert (await _statuses(http, tasks[-1]))[-1]["output"]["task_status"] == "SUCCEEDED"
+        states = []
+        for task in tasks:
+            body = (await http.get(f"/api/v1/tasks/{task}", headers=HEADERS)).json()
+            states.append(body["output"]["task_status"])
+        assert states == ["UNKNOWN", "SUCCEEDED", "SUCCEEDED"]
+
+
+async def test_submits_and_upload_policies_over_their_quota_get_429() -> None:
+    app = build_app(
+        "scripted",
+        api_key=KEY,
+        filetrans=FiletransConfig(pending_s=0.0, delay_s=0.0, submit_rpm=1),
+        upload_qps=1,
+    )
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://a"
+    ) as http:
+        url = await _upload(http)
+        params = {"action": "getPolicy", "model": MODEL}
+        policy = await http.get("/api/v1/uploads", params=params, headers=HEADERS)
+        if policy.status_code == 200:  # the first one fell in the previous calendar second
+            policy = await http.get("/api/v1/uploads", params=params, headers=HEADERS)
+        assert policy.status_code == 429
+        assert policy.json()["code"] == "Throttling.RateQuota"
+        assert (await _submit(http, url)).status_code == 200
+        refused = await _submit(http, url)
+        assert refused.status_code == 429
+        assert refused.json()["code"] == "Throttling.RateQuota"
+        assert int(refused.headers["retry-after"]) >= 1
