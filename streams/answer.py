@@ -21,9 +21,11 @@ import logging
 import os
 from dataclasses import dataclass, field
 
+from streams.backend_choice import backend_of, choose
 from streams.crashloop import RunGate, admission
 from streams.errors import PipelineError, WorkerCrashed
 from streams.events import failed_event, recording_id_of
+from streams.filetrans_task import TaskStarter
 from streams.idempotency import Ledger
 from streams.metrics import Metrics
 from streams.pipeline import Pipeline
@@ -50,6 +52,10 @@ class Answerer:
     """Starts without a terminal event after which a recording is failed ``worker_crashed``."""
     attempts: int
     """Attempts per request of one start, for the next start's attempt numbers."""
+    default_backend: str = "dashscope"
+    """``STREAMS_ASR_BACKEND``: for recording events that name no ``recognition.backend``."""
+    filetrans: TaskStarter | None = None
+    """Submits filetrans tasks (streams/filetrans_task.py); None: filetrans is not set up."""
     gate: RunGate = field(default_factory=RunGate)
     """One per worker process: "alone" means alone in this process."""
 
@@ -99,6 +105,16 @@ class Answerer:
                 outcome = await self.pipeline.process(raw, where=where)
             await self.ledger.record(outcome, where)
             return
+        if self.ledger.task(recording_id) is not None:
+            # A filetrans task was submitted for it: never a second submit; the worker that
+            # owns the partition polls the task and answers (streams/filetrans_poller.py).
+            log.info(
+                "recording %s at %s has a filetrans task pending: acknowledged, not submitted "
+                "again",
+                recording_id,
+                where,
+            )
+            return
         before = self.ledger.starts(recording_id)
         how = admission(before.count if before else 0, self.max_starts)
         if how == "refuse":
@@ -122,7 +138,15 @@ class Answerer:
                 )
             # process() returns only once the terminal event is acknowledged by the broker;
             # the offset is acked when the agent's loop moves on, and committed after that.
-            with self.metrics.recording():
+            backend = backend_of(raw) or self.default_backend
+            if backend == "filetrans" and self.filetrans is not None:
+                # Returns once the task is kept in the ledger (the offset then moves on), or
+                # with the failed event that answered the recording before any task existed.
+                failed = await self.filetrans.start(raw, where=where, run=run)
+                if failed is not None:
+                    await self.ledger.record(failed, where)
+                return
+            with self.metrics.recording(), choose(backend):
                 outcome = await self.pipeline.process(raw, where=where, run=run)
             await self.ledger.record(outcome, where)
 

@@ -14,7 +14,7 @@ import faust
 from faust.types import TP
 from mode.types.signals import BaseSignalT
 
-from streams.agents import register_agents
+from streams.agents import register_agents, register_task_poller
 from streams.config import Settings
 from streams.idempotency import Ledger
 from streams.metrics import Metrics, add_metrics_page
@@ -92,6 +92,7 @@ def create_app(settings: Settings) -> faust.App:
     )
     runtime = Runtime(settings, FaustSender(outputs), metrics, ledger)
     register_agents(app, recordings, runtime)
+    register_task_poller(app, runtime)
 
     async def _forget_expired_outcomes() -> None:
         if forgotten := ledger.forget_expired():

@@ -91,7 +91,9 @@ class Settings(BaseSettings):
     """``json``: one JSON object per log line, with the recording's fields."""
 
     # Recognition backend
-    asr_backend: Literal["dashscope", "openai"] = "dashscope"
+    asr_backend: Literal["dashscope", "openai", "filetrans"] = "dashscope"
+    """``dashscope`` (native SSE), ``openai`` (compatible mode, vLLM) or ``filetrans`` (one
+    asynchronous task per call, streams/filetrans_task.py); each recording event may choose."""
     dashscope_region: Literal["intl", "cn", "us"] = "intl"
     asr_base_url: str | None = None
     """Overrides the region's host, e.g. a self-hosted or the local server."""
@@ -114,6 +116,19 @@ class Settings(BaseSettings):
     of the consumer group: each worker sends in the share of time slots that its partitions of
     the recordings topic own, so no second holds more than RPM/60 (streams/ratelimit.py). A 429
     pauses every request of the worker for its Retry-After."""
+    filetrans_model: str = "qwen3-asr-flash-filetrans"
+    """Model of the filetrans backend's tasks (``-us`` added in the US region like the others)."""
+    filetrans_task_qps: float = Field(default=20.0, gt=0)
+    """The account's task-query quota per second, shared by the group in proportion to the
+    partitions each worker holds."""
+    filetrans_poll_initial_s: float = Field(default=1.0, gt=0)
+    filetrans_poll_max_s: float = Field(default=15.0, gt=0)
+    """Polls of one task start this far apart and back off (doubling) up to the maximum."""
+    filetrans_pass_url: bool = False
+    """A public ``https://`` audio_url goes to the task as its file_url, without an upload (the
+    recogniser then bills the silence too); else a silence-compacted FLAC is uploaded."""
+    filetrans_gap_s: float = Field(default=0.4, ge=0)
+    """Silence kept between two speech stretches in the compacted audio (a sentence boundary)."""
     state_store: str = "memory://"
     """Store of the ``finalized`` table: ``memory://`` (rebuilt from its changelog topic at
     start) or ``rocksdb://`` (on disk; needs ``faust-streaming[rocksdict]``)."""

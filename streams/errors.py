@@ -13,6 +13,8 @@ The tree says what the pipeline does with an error, not where it came from::
     │   ├── RecognitionRejected       asr_rejected (HTTP 400 / InvalidParameter)
     │   ├── RecognitionUnauthorized   asr_unauthorized (401 / 403)
     │   ├── RecognitionProtocolError  asr_protocol_error (a reply we cannot parse)
+    │   ├── RecognitionTaskFailed     asr_task_failed (a filetrans task ended FAILED; the
+    │                                 vendor's code leads the message)
     │   └── WorkerCrashed             worker_crashed (the worker died each time it processed
     │                                 the recording; streams/crashloop.py)
     └── TransientError                retry with backoff inside the recording's deadline
@@ -82,6 +84,7 @@ __all__ = [
     "RecognitionProtocolError",
     "RecognitionRejected",
     "RecognitionStreamCut",
+    "RecognitionTaskFailed",
     "RecognitionThrottled",
     "RecognitionTimeout",
     "RecognitionUnauthorized",
@@ -209,6 +212,13 @@ class RecognitionProtocolError(PermanentError):
     """The recogniser answered something that breaks the protocol."""
 
     code = "asr_protocol_error"
+    stage = "transcribe"
+
+
+class RecognitionTaskFailed(PermanentError):
+    """An asynchronous (filetrans) task ended FAILED; the message starts with the vendor code."""
+
+    code = "asr_task_failed"
     stage = "transcribe"
 
 

@@ -24,9 +24,11 @@ __all__ = [
     "Redactions",
     "RoleAnalytics",
     "Segment",
+    "Sentence",
     "TerminalEvent",
     "Timings",
     "Turn",
+    "Word",
 ]
 
 
@@ -47,6 +49,7 @@ class Recognition(TypedDict):
     context: NotRequired[str]
     hotwords: NotRequired[list[str]]
     model: NotRequired[str]
+    backend: NotRequired[Literal["dashscope", "openai", "filetrans"]]
 
 
 class Redaction(TypedDict):
@@ -110,6 +113,27 @@ class Turn(TypedDict):
     start_s: float
     end_s: float
     text: str
+
+
+class Sentence(TypedDict):
+    """One sentence of the filetrans backend, on the call timeline in seconds."""
+
+    start: float
+    end: float
+    text: str
+    channel: int
+    role: str | None
+    language: str | None
+    emotion: str | None
+
+
+class Word(TypedDict):
+    """One word of the filetrans backend, on the call timeline in seconds."""
+
+    start: float
+    end: float
+    text: str
+    sentence: NotRequired[int]
 
 
 class RedactionItem(TypedDict):
@@ -189,7 +213,7 @@ class FinalEvent(TypedDict):
     emotion: str | None
     segments: list[Segment]
     turns: list[Turn]
-    plan: Literal["stretches", "turns", "packed"]
+    plan: Literal["stretches", "turns", "packed", "task"]
     audio_seconds: float
     speech_seconds: float
     sent_seconds: float
@@ -204,6 +228,8 @@ class FinalEvent(TypedDict):
     completed_at: str
     analytics: NotRequired[Analytics]
     redactions: NotRequired[Redactions]
+    sentences: NotRequired[list[Sentence]]
+    words: NotRequired[list[Word]]
 
 
 class ErrorInfo(TypedDict):

@@ -94,6 +94,7 @@ class Recording:
     call: dict[str, Any] = field(default_factory=dict)
     original: dict[str, Any] = field(default_factory=dict)
     redaction: dict[str, Any] | None = None  # the event's own; None: the settings decide
+    backend: str | None = None  # recognition.backend; None: STREAMS_ASR_BACKEND decides
 
 
 def recording_id_of(raw: bytes) -> str | None:
@@ -160,6 +161,7 @@ def parse_recording(raw: bytes, defaults: RecognitionDefaults) -> Recording:
         call=data.get("call", {}),
         original=data,
         redaction=data.get("redaction"),
+        backend=recognition.get("backend"),
     )
 
 
@@ -274,10 +276,7 @@ def final_event(
 
 
 def turns_of(segments: Iterable[Segment]) -> list[Turn]:
-    """The conversation: segments in order of start, consecutive ones of one role joined.
-
-    Times come from the requests (text per request, not per word): as precise as the VAD.
-    """
+    """The conversation: segments in order of start, consecutive ones of one role joined."""
     turns: list[Turn] = []
     for segment in segments:
         if turns and turns[-1]["role"] == segment["role"]:
@@ -371,12 +370,11 @@ def recording_event(
     mixed_languages: bool | None = None,
     model: str | None = None,
     call: dict[str, Any] | None = None,
+    backend: Literal["dashscope", "openai", "filetrans"] | None = None,
 ) -> dict[str, Any]:
-    """A recording event in the shape ``schemas/recording.schema.json`` describes.
-
-    Arguments left at None (or empty) are left out, so the worker's defaults apply. It carries
-    the lowest ``schema_version`` that has every field given, for workers that predate it.
-    """
+    """A recording event (``schemas/recording.schema.json``); arguments left at None (or empty)
+    are left out, so the worker's defaults apply. It carries the lowest ``schema_version`` that
+    has every field given, for workers that predate it."""
     channels = {"layout": layout, "roles": list(roles) if roles else None, "plan": plan}
     recognition = {
         "language": language,
@@ -385,9 +383,11 @@ def recording_event(
         "enable_itn": enable_itn,
         "mixed_languages": mixed_languages,
         "model": model,
+        "backend": backend,
     }
+    version = 1 if plan is None and mixed_languages is None else 2
     event: dict[str, Any] = {
-        "schema_version": 1 if plan is None and mixed_languages is None else 2,
+        "schema_version": 4 if backend is not None else version,
         "recording_id": recording_id,
         "audio_url": audio_url,
     }

@@ -22,6 +22,9 @@ What the agent does with it (:meth:`Ledger.answered`):
   (same ``event_id``, same content), without recognition, and the entry becomes *final*;
 - a recording with a *failed* entry is skipped only when it is the very same event again (same
   topic, partition and offset); a republished one is processed, since failures can be retried;
+- a recording with a *task* entry (or a *publishing* one with a ``task_id``) has a filetrans
+  task submitted for it: it is acknowledged without a second submit; the worker that owns
+  the partition polls the task and answers it (streams/filetrans_poller.py);
 - a recording with a *started* entry was being processed when a worker died (the entry counts
   the starts since its last terminal event, streams/crashloop.py): it is started again, or
   failed ``worker_crashed`` once it has had ``STREAMS_MAX_STARTS`` starts (:meth:`Ledger.begin`
@@ -46,6 +49,7 @@ the recogniser again, whatever crashes. What remains:
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -57,7 +61,15 @@ from streams.event_types import FailedEvent, FinalEvent, TerminalEvent
 from streams.events import now_iso
 from streams.publish import EventPublisher
 
-__all__ = ["Ledger", "LedgerPublisher", "Outcome", "Starts", "changelog_configs", "changelog_topic"]
+__all__ = [
+    "Ledger",
+    "LedgerPublisher",
+    "Outcome",
+    "Starts",
+    "changelog_configs",
+    "changelog_topic",
+    "source_partition",
+]
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +244,38 @@ class Ledger:
         """
         await self._write(event, source, event["type"])
 
-    async def record_intent(self, final: FinalEvent, source: str) -> None:
-        """Keep ``final`` as *publishing* before it is published (see the module docstring)."""
-        await self._write(final, source, "publishing", keep_event=True)
+    async def record_intent(
+        self, final: FinalEvent, source: str, *, task_id: str | None = None
+    ) -> None:
+        """Keep ``final`` as *publishing* before it is published (see the module docstring).
+
+        ``task_id``: a filetrans task's final, whose recording offset has moved on already:
+        the task poller (streams/filetrans_poller.py) publishes it again after a crash.
+        """
+        await self._write(final, source, "publishing", keep_event=True, task_id=task_id)
+
+    def task(self, recording_id: str) -> dict[str, Any] | None:
+        """The recording's filetrans *task* entry (or a task's *publishing* one), if any."""
+        value = self.table.get(recording_id)
+        if isinstance(value, dict) and (
+            value.get("outcome") == "task"
+            or (value.get("outcome") == "publishing" and value.get("task_id"))
+        ):
+            return value
+        return None
+
+    async def record_task(self, recording_id: str, value: dict[str, Any]) -> None:
+        """Keep a submitted filetrans task (outcome ``task``) and wait for the broker."""
+        await self._put(recording_id, value)
 
     async def _write(
-        self, event: TerminalEvent, source: str, outcome: str, *, keep_event: bool = False
+        self,
+        event: TerminalEvent,
+        source: str,
+        outcome: str,
+        *,
+        keep_event: bool = False,
+        task_id: str | None = None,
     ) -> None:
         recording_id = event.get("recording_id")
         if not recording_id:
@@ -250,6 +288,8 @@ class Ledger:
         }
         if keep_event:
             value["event"] = event
+        if task_id:
+            value["task_id"] = task_id
         await self._put(recording_id, value)
 
     async def _put(self, recording_id: str, value: dict[str, Any]) -> None:
@@ -257,7 +297,14 @@ class Ledger:
         # What ``table[recording_id] = value`` does, keeping the changelog future so that the
         # recording's offset moves on only once the entry is on the broker (this narrows the
         # window described above to one round trip instead of the producer's linger).
-        future = table.send_changelog(table.partition_for_key(recording_id), recording_id, value)
+        # Outside the agent's iteration (the filetrans poller) there is no current event:
+        # the entry goes to the partition of the recording event it answers (its source).
+        partition = (
+            table.partition_for_key(recording_id)
+            if faust.current_event() is not None
+            else source_partition(str(value.get("source", "")))
+        )
+        future = table.send_changelog(partition, recording_id, value)
         table.data[recording_id] = value
         await future
 
@@ -289,6 +336,12 @@ class LedgerPublisher:
     async def failed(self, event: FailedEvent) -> None:
         """Publish a failed event, as the inner publisher does."""
         await self._inner.failed(event)
+
+
+def source_partition(source: str) -> int | None:
+    """The partition of ``topic[partition]@offset``; None if it names none."""
+    match = re.search(r"\[(\d+)\]@-?\d+$", source)
+    return int(match.group(1)) if match else None
 
 
 def _iso_ago(seconds: float) -> str:

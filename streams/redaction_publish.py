@@ -13,8 +13,10 @@ carries everything. So a number split across deltas never shows its digits in a 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, cast, get_args
 
@@ -25,8 +27,10 @@ from streams.event_types import (
     RedactionItem,
     Redactions,
     Segment,
+    Sentence,
     TerminalEvent,
     Turn,
+    Word,
 )
 from streams.events import parse_recording
 from streams.pipeline import Pipeline
@@ -34,7 +38,13 @@ from streams.publish import EventPublisher
 from streams.redaction import Kind, Redacted, RedactionPolicy, Style, redact, redact_pieces
 from streams.redaction_digits import open_tail
 
-__all__ = ["RedactingPipeline", "RedactingPublisher", "policy_from_event"]
+__all__ = [
+    "RedactingPipeline",
+    "RedactingPublisher",
+    "policy_from_event",
+    "policy_scope",
+    "redact_final",
+]
 
 _POLICY: contextvars.ContextVar[RedactionPolicy | None] = contextvars.ContextVar(
     "redaction_policy", default=None
@@ -160,6 +170,7 @@ def redact_final(event: FinalEvent, policy: RedactionPolicy) -> FinalEvent:
         done = redact_pieces([segments[i]["text"] for i in mine], policy)
         for i, redacted in zip(mine, done, strict=True):
             segments[i]["text"] = note(f"/segments/{i}/text", redacted)
+    extra = _redact_sentences(event, policy, note)
     turns = [Turn(**t) for t in event["turns"]]
     for i, turn in enumerate(turns):
         turns[i]["text"] = note(f"/turns/{i}/text", redact(turn["text"], policy))
@@ -174,6 +185,45 @@ def redact_final(event: FinalEvent, policy: RedactionPolicy) -> FinalEvent:
         "counts": counts,
         "items": items,
     }
-    out = cast(FinalEvent, {**event, "text": text, "segments": segments, "turns": turns})
+    out = cast(FinalEvent, {**event, "text": text, "segments": segments, "turns": turns, **extra})
     out["redactions"] = summary
     return out
+
+
+def _redact_sentences(
+    event: FinalEvent, policy: RedactionPolicy, note: Callable[[str, Redacted], str]
+) -> dict[str, Any]:
+    """The filetrans backend's ``sentences`` and ``words``, redacted.
+
+    Sentences like segments (a channel's searched as one text); a word of a sentence that had
+    anything redacted is kept only if it still shows in the redacted sentence, else its text
+    becomes ``[REDACTED]``: no digit of a card number survives in the word list.
+    """
+    if "sentences" not in event:
+        return {}
+    sentences = [Sentence(**s) for s in event["sentences"]]
+    changed: set[int] = set()
+    for channel in sorted({s["channel"] for s in sentences}):
+        mine = [i for i, s in enumerate(sentences) if s["channel"] == channel]
+        done = redact_pieces([sentences[i]["text"] for i in mine], policy)
+        for i, redacted in zip(mine, done, strict=True):
+            if redacted.findings:
+                changed.add(i)
+            sentences[i]["text"] = note(f"/sentences/{i}/text", redacted)
+    words = [Word(**w) for w in event.get("words", [])]
+    for word in words:
+        at = word.get("sentence")
+        if at in changed and at is not None and word["text"] not in sentences[at]["text"]:
+            word["text"] = "[REDACTED]"
+    return {"sentences": sentences, "words": words}
+
+
+@contextlib.contextmanager
+def policy_scope(policy: RedactionPolicy) -> Iterator[None]:
+    """Publish under ``policy`` inside the block (what :class:`RedactingPipeline` does per
+    recording; the filetrans poller's partials, outside any pipeline run, need it too)."""
+    token = _POLICY.set(policy)
+    try:
+        yield
+    finally:
+        _POLICY.reset(token)

@@ -15,11 +15,15 @@ import httpx
 
 from streams.answer import Answerer
 from streams.audiostages import AudioStages
+from streams.backend_choice import ChosenBackend
 from streams.chunking import ChunkPolicy, max_chunk_seconds
 from streams.config import Settings
 from streams.decode import SAMPLE_RATE
 from streams.events import RecognitionDefaults
 from streams.fetch import FetchLimits, fetch_client
+from streams.filetrans_client import FiletransClient, QueryLimiter
+from streams.filetrans_poller import PollRules, TaskPoller
+from streams.filetrans_task import FiletransRules, TaskStarter
 from streams.idempotency import Ledger, LedgerPublisher
 from streams.metrics import MeteredBackend, MeteredPublisher, Metrics
 from streams.pipeline import Pipeline, PipelineRules
@@ -129,6 +133,11 @@ class Runtime:
         self._pipeline: Pipeline | None = None
         self._publisher: EventPublisher | None = None
         self._answerer: Answerer | None = None
+        self.query_limiter = QueryLimiter(settings.filetrans_task_qps)
+        """The worker's share of the account's filetrans task queries."""
+        self._filetrans_client: FiletransClient | None = None
+        self._starter: TaskStarter | None = None
+        self._poller: TaskPoller | None = None
         self.stages = AudioStages(settings.audio_processes)
         """Where decode, VAD and encoding run (streams/audiostages.py)."""
 
@@ -150,8 +159,20 @@ class Runtime:
                 metrics=self.metrics,
                 max_starts=self.settings.max_starts,
                 attempts=self.settings.asr_attempts,
+                default_backend=self.settings.asr_backend,
+                filetrans=self._starter,
             )
         return self._answerer
+
+    def poller(self) -> TaskPoller | None:
+        """The filetrans task poller (None without the ledger)."""
+        self.pipeline()
+        return self._poller
+
+    @property
+    def filetrans_client(self) -> FiletransClient | None:
+        """The filetrans HTTP client, once the pipeline is built (its request counts)."""
+        return self._filetrans_client
 
     def pipeline(self) -> Pipeline:
         """The pipeline, built inside the running event loop the first time it is asked for."""
@@ -163,17 +184,22 @@ class Runtime:
                 read_timeout_s=s.asr_read_timeout_s,
                 concurrency=s.asr_concurrency,
             )
-            backend_cls: type[DashScopeBackend | OpenAIBackend] = (
-                DashScopeBackend if s.asr_backend == "dashscope" else OpenAIBackend
-            )
-            backend: RecognitionBackend = backend_cls(
-                self._http, s.resolved_asr_base_url, s.resolved_api_key
-            )
-            backend = MeteredBackend(backend, self.metrics)
-            # Outermost, so that every request (retries and re-sends after a 429 included)
-            # waits for a slot of the worker's partitions, and a 429 pauses all of them
-            # (ratelimit.py).
-            backend = RateLimitedBackend(backend, self.limiter)
+            # Each streaming backend a recording may choose (recognition.backend), metered and
+            # then rate limited, outermost, so that every request (retries and re-sends after
+            # a 429 included) waits for a slot of the worker's partitions, and a 429 pauses
+            # all of them (ratelimit.py).
+            streaming: dict[str, RecognitionBackend] = {
+                cls.name: RateLimitedBackend(
+                    MeteredBackend(
+                        cls(self._http, s.resolved_asr_base_url, s.resolved_api_key),
+                        self.metrics,
+                    ),
+                    self.limiter,
+                )
+                for cls in (DashScopeBackend, OpenAIBackend)
+            }
+            default = s.asr_backend if s.asr_backend in streaming else "dashscope"
+            backend = ChosenBackend(streaming, default)
             rules = pipeline_rules(s)
             # Audio downloads get their own guarded client: it never carries the API key and
             # connects only to the addresses the SSRF guard checked.
@@ -187,6 +213,46 @@ class Runtime:
             publisher = RedactingPublisher(publisher, policy)
             self._publisher = publisher
             self.stages.start()
+            self._filetrans_client = FiletransClient(
+                self._http,
+                s.resolved_asr_base_url,
+                s.resolved_api_key,
+                submit_limiter=self.limiter,
+                query_limiter=self.query_limiter,
+                attempts=s.asr_attempts,
+            )
+            if self._ledger is not None:
+                ft = FiletransRules(
+                    model=s.filetrans_model,
+                    pass_url=s.filetrans_pass_url,
+                    gap_s=s.filetrans_gap_s,
+                    poll_initial_s=s.filetrans_poll_initial_s,
+                    poll_max_s=s.filetrans_poll_max_s,
+                )
+                self._starter = TaskStarter(
+                    rules,
+                    ft,
+                    self._filetrans_client,
+                    self._ledger,
+                    publisher,
+                    self._fetch_http,
+                    self.stages,
+                )
+                # The poller writes the ledger itself and redacts its finals before it keeps
+                # them (filetrans_poller.py): its publisher is metered and redacting only.
+                self._poller = TaskPoller(
+                    self._ledger,
+                    self._filetrans_client,
+                    RedactingPublisher(
+                        MeteredPublisher(self._sender, topic_names(s), self.metrics), policy
+                    ),
+                    policy,
+                    PollRules(
+                        initial_s=s.filetrans_poll_initial_s,
+                        max_s=s.filetrans_poll_max_s,
+                        price_per_second_usd=s.price_per_second_usd,
+                    ),
+                )
             self._pipeline = RedactingPipeline(
                 rules, backend, publisher, self._fetch_http, stages=self.stages, policy=policy
             )
@@ -201,6 +267,7 @@ class Runtime:
     def hold_partitions(self, partitions: Iterable[int]) -> Share:
         """Split the quota again: the worker now holds ``partitions`` of the recordings topic."""
         share = self.limiter.assign(partitions)
+        self.query_limiter.share(len(share.partitions) / max(1, share.of))
         self.metrics.rate_share_partitions.set(len(share.partitions))
         self.metrics.rate_share_rpm.set(share.requests_per_minute)
         return share
@@ -210,7 +277,9 @@ class Runtime:
         return self.hold_partitions(set(self.limiter.share.partitions) - set(partitions))
 
     async def close(self) -> None:
-        """Close the HTTP clients and stop the audio processes."""
+        """Stop the task poller, close the HTTP clients and stop the audio processes."""
+        if self._poller is not None:
+            await self._poller.stop()
         for client in (self._http, self._fetch_http):
             if client is not None:
                 await client.aclose()

@@ -6,6 +6,7 @@ headers) only once the engine yields its first piece, so a refusal before that i
 4xx/5xx reply (an SSE body for a native SSE request, as the cloud sends; JSON otherwise);
 after it, errors travel as SSE error frames whose status is only in the ``:HTTP_STATUS/nnn``
 comment (docs/dashscope-protocol.md §3).
+Uploaded ``oss://`` audio (uploads.py) is resolved given X-DashScope-OssResourceResolve.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -36,6 +38,7 @@ from streams.asr_server.errors import (
     EngineError,
     MalformedFrame,
 )
+from streams.asr_server.filetrans import FiletransConfig, FiletransService
 from streams.asr_server.framing import MALFORMED_JSON, CompatibleStream, NativeStream
 from streams.asr_server.parsing import (
     AsrRequest,
@@ -52,6 +55,7 @@ from streams.asr_server.responses import (
     cut_body,
     refusal,
 )
+from streams.asr_server.uploads import UploadStore, upload_routes
 from streams.fetch import FetchLimits
 
 __all__ = ["COMPATIBLE_PATH", "NATIVE_PATH", "RequestOutcome", "create_app"]
@@ -113,8 +117,10 @@ class _Server:
         on_finished: Callable[[RequestOutcome], None] | None,
         fetch_limits: FetchLimits,
         quota: RequestQuota | None = None,
+        uploads: UploadStore | None = None,
     ):
         self.engine = engine
+        self.uploads = uploads
         self.quota = quota
         self.fetch_limits = fetch_limits
         self.api_key = api_key
@@ -146,7 +152,8 @@ class _Server:
             body = await self._body(request)
             asr = parse_native_request(body) if native else parse_compatible_request(body)
             outcome.stream = sse if native else asr.stream
-            started = await self._start(asr, outcome)
+            oss = UploadStore.wants_resolve(request)
+            started = await self._start(asr, outcome, oss_resolve=oss)
             encoder = self._encoder(native, started, outcome.request_id)
             if outcome.stream:
                 return self._stream(started, encoder, outcome)
@@ -228,7 +235,9 @@ class _Server:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _start(self, asr: AsrRequest, outcome: RequestOutcome) -> _Started:
+    async def _start(
+        self, asr: AsrRequest, outcome: RequestOutcome, *, oss_resolve: bool = False
+    ) -> _Started:
         """Fetch and decode the audio, then wait for the engine's first piece."""
         outcome.context, outcome.language = asr.context, asr.language
         if asr.audio.startswith("data:"):
@@ -237,7 +246,9 @@ class _Server:
             )
         elif asr.audio.split(":", 1)[0].lower() in ("http", "https"):
             data = await fetch_audio_url(asr.audio, self.fetch_limits)
-        else:  # file:// and oss:// need the SDK's upload service, which is not emulated
+        elif asr.audio.startswith("oss://") and self.uploads is not None:
+            data = self.uploads.resolve(asr.audio, resolve_header=oss_resolve)
+        else:  # file:// is the SDK's to upload; it never reaches a server
             raise ApiError(400, "InvalidParameter", BAD_URL)
         pcm = await asyncio.to_thread(decode_pcm, data, self.max_audio_s)
         recognition = RecognitionRequest(
@@ -347,20 +358,39 @@ def create_app(
     on_finished: Callable[[RequestOutcome], None] | None = None,
     allow_private_hosts: Sequence[str] = (),
     quota_rpm: int | None = None,
+    filetrans: FiletransConfig | None = None,
+    upload_capacity_mb: int = 1024,
+    upload_qps: int = 0,
+    journal: Callable[[dict[str, Any]], None] | None = None,
 ) -> Starlette:
     """Build the server around ``engine``; ``api_key=None`` accepts any key.
 
     ``allow_private_hosts`` lists host names and CIDR networks that audio URLs may reach
     although they are not public (the SSRF guard refuses them otherwise). ``quota_rpm``
     enforces the cloud's per-key request quota (:mod:`streams.asr_server.quota`); None or 0
-    leaves requests unlimited.
+    leaves requests unlimited. ``filetrans`` configures the long-file API; uploads are kept up
+    to ``upload_capacity_mb``, the policy API admits ``upload_qps`` a second per key (0: no
+    limit); ``journal`` receives the long-file API's events (uploads, submits, polls, tasks).
     """
     limits = FetchLimits(
         max_bytes=max_data_uri_bytes, timeout_s=30.0, allow_private_hosts=tuple(allow_private_hosts)
     )
     quota = RequestQuota(quota_rpm) if quota_rpm else None
-    server = _Server(engine, api_key, max_audio_s, max_data_uri_bytes, on_finished, limits, quota)
+    uploads = UploadStore(upload_capacity_mb * MiB)
+    server = _Server(
+        engine, api_key, max_audio_s, max_data_uri_bytes, on_finished, limits, quota, uploads
+    )
+    tasks = FiletransService(
+        engine,
+        filetrans or FiletransConfig(),
+        authorize=server._authorize,
+        fetch_limits=limits,
+        uploads=uploads,
+        journal=journal,
+    )
     routes: list[BaseRoute] = [
+        *upload_routes(uploads, server._authorize, upload_qps, journal),
+        *tasks.routes(),
         Route(NATIVE_PATH, server.native, methods=["POST"]),
         Route(COMPATIBLE_PATH, server.compatible, methods=["POST"]),
         Route("/health", server.health, methods=["GET"]),

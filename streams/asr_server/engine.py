@@ -4,17 +4,21 @@ The server owns the protocol (auth, request parsing, fetching and decoding the a
 framing); an engine only turns 16 kHz mono PCM into text pieces. Engines refuse with the
 :class:`~streams.asr_server.errors.EngineError` family, which the server maps to the
 DashScope error the cloud would send.
+
+The long-file API (:mod:`streams.asr_server.filetrans`) needs word timestamps; an engine that
+can give them also implements :class:`WordEngine`, whose ``recognize_words`` returns every
+word with its begin and end on the audio's timeline.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Engine", "Piece", "RecognitionRequest"]
+__all__ = ["Engine", "Piece", "RecognitionRequest", "TimedWords", "Word", "WordEngine"]
 
 
 @dataclass(frozen=True)
@@ -58,4 +62,34 @@ class Engine(Protocol):
 
     def recognize(self, request: RecognitionRequest) -> AsyncIterator[Piece]:
         """Yield the transcript piece by piece; raise an ``EngineError`` to refuse."""
+        ...
+
+
+@dataclass(frozen=True)
+class Word:
+    """One recognised word and where it lies in the audio (seconds from its start)."""
+
+    text: str
+    """The word as written, punctuation attached (``"Hello,"``); a CJK character alone."""
+    begin_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class TimedWords:
+    """A whole recognition with word timestamps."""
+
+    words: tuple[Word, ...]
+    language: str | None = None
+    emotion: str | None = None
+
+
+@runtime_checkable
+class WordEngine(Protocol):
+    """An engine that can also recognise with word timestamps (the long-file API needs it)."""
+
+    name: str
+
+    async def recognize_words(self, request: RecognitionRequest) -> TimedWords:
+        """Recognise the whole request; raise an ``EngineError`` to refuse."""
         ...

@@ -22,6 +22,14 @@ the rule still applies to. Faults:
 - ``cut``: the connection dropped after ``after_deltas`` pieces;
 - ``slow_first_byte``: ``delay_s`` more before anything is sent.
 
+Long-file tasks (:mod:`streams.asr_server.filetrans`) meet only these two, and requests of
+the other APIs never meet them (``match`` may name ``file_url_contains``):
+
+- ``task_fail``: the task ends FAILED with ``code`` and ``message`` (default
+  ``FILE_DOWNLOAD_FAILED``) after its delay;
+- ``task_hold``: the task stays RUNNING until ``POST /scripted/release`` lets it go on (or the
+  server is killed, which loses it: a poll then answers ``UNKNOWN``).
+
 ``code`` and ``message`` override the error sent (defaults follow the status: 400
 ``InvalidParameter``, 401 ``InvalidApiKey``, 429 ``Throttling``, 500 ``InternalError``, 503
 ``ModelUnavailable``, other statuses ``InternalError``).
@@ -39,7 +47,7 @@ from streams.asr_server.errors import (
     EngineError,
 )
 
-__all__ = ["FAULTS", "MID_STREAM", "REFUSALS", "FaultRule", "ScriptedFault"]
+__all__ = ["FAULTS", "MID_STREAM", "REFUSALS", "TASK_FAULTS", "FaultRule", "ScriptedFault"]
 
 # HTTP status -> (code, message) the cloud sends with it
 _BY_STATUS = {
@@ -61,7 +69,10 @@ REFUSALS = frozenset({"401", "400", "429", "500"})
 """Faults refused before the stream starts."""
 MID_STREAM = frozenset({"cut", "error_frame", "error_frame_429", "malformed_frame", "length"})
 """Faults that strike after ``after_deltas`` pieces."""
-FAULTS = frozenset({*_ERRORS, *MID_STREAM, "slow_first_byte"})
+TASK_FAULTS = frozenset({"task_fail", "task_hold"})
+"""Faults of long-file tasks only."""
+FAULTS = frozenset({*_ERRORS, *MID_STREAM, *TASK_FAULTS, "slow_first_byte"})
+_MATCH = ("context_contains", "file_url_contains", "rate", "times")
 
 
 class ScriptedFault(EngineError):
@@ -79,6 +90,8 @@ class FaultRule:
 
     fault: str
     context_contains: str | None = None
+    file_url_contains: str | None = None
+    """Long-file tasks only: a substring of the task's ``file_url``."""
     rate: float | None = None
     """Probability that a matching request gets the fault (seeded RNG); None: always."""
     times: int | None = None
@@ -98,7 +111,7 @@ class FaultRule:
             raise ValueError(f"a fault rule must be an object, got {raw!r}")
         rule = dict(raw)
         match = rule.pop("match", None) or {}
-        if not isinstance(match, dict) or set(match) - {"context_contains", "rate", "times"}:
+        if not isinstance(match, dict) or set(match) - set(_MATCH):
             raise ValueError(f"unexpected match {match!r}")
         fault = str(rule.pop("fault", ""))
         if fault not in FAULTS:
@@ -126,7 +139,7 @@ class FaultRule:
     def to_dict(self) -> dict[str, Any]:
         """Write the rule in the JSON form :meth:`from_dict` reads."""
         data = asdict(self)
-        match = {k: data.pop(k) for k in ("context_contains", "rate", "times")}
+        match = {k: data.pop(k) for k in _MATCH}
         return {"match": {k: v for k, v in match.items() if v is not None}, **data}
 
     def error(self) -> ScriptedFault:

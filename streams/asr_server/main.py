@@ -6,7 +6,9 @@ over its environment variable (``STREAMS_ASR_*``, see ``--help``). The server
 listens only once the model is loaded, so ``/health`` answers only when it can recognise.
 Prints one line, ``ASR server (<engine> engine) listening on http://HOST:PORT``, once it
 accepts connections (with ``--port 0`` the line names the port the system chose), and shuts
-down cleanly on SIGTERM or SIGINT.
+down cleanly on SIGTERM or SIGINT. Both engines also serve the long-file API
+(``qwen3-asr-flash-filetrans``, streams/asr_server/filetrans.py) and the temporary upload
+(streams/asr_server/uploads.py); their flags are in the "long-file API" group of ``--help``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from pydantic import AliasChoices, ValidationError
@@ -26,6 +29,7 @@ from starlette.applications import Starlette
 
 from streams.api_limits import MAX_REQUEST_S
 from streams.asr_server.app import create_app
+from streams.asr_server.filetrans import FiletransConfig
 from streams.asr_server.scripted import ScriptedConfig, ScriptedEngine, control_routes
 from streams.asr_server.settings import ENGINES, AsrServerSettings
 from streams.asr_server.whisper import WhisperConfig, WhisperEngine, whisper_routes
@@ -42,13 +46,23 @@ def build_app(
     max_audio_s: float = MAX_REQUEST_S,
     allow_private_hosts: Sequence[str] = (),
     quota_rpm: int | None = None,
+    filetrans: FiletransConfig | None = None,
+    upload_capacity_mb: int = 1024,
+    upload_qps: int = 0,
 ) -> Starlette:
     """Build the server app for the named engine, with that engine's own extras.
 
     The whisper engine loads its model here, before the app exists, so that a server built
     from it never answers (not even ``/health``) before it can recognise. ``quota_rpm``
     refuses a key's requests beyond that many per minute (and per second, RPM/60) with 429.
+    ``filetrans``, ``upload_capacity_mb`` and ``upload_qps`` set up the long-file API and the
+    temporary upload (:func:`~streams.asr_server.app.create_app`).
     """
+    shared: dict[str, Any] = {
+        "filetrans": filetrans,
+        "upload_capacity_mb": upload_capacity_mb,
+        "upload_qps": upload_qps,
+    }
     if engine_name == "scripted":
         scripted = ScriptedEngine(scripted_config)
         return create_app(
@@ -59,6 +73,8 @@ def build_app(
             on_finished=scripted.record,
             allow_private_hosts=allow_private_hosts,
             quota_rpm=quota_rpm,
+            journal=scripted.log_event,
+            **shared,
         )
     if engine_name == "whisper":
         whisper = WhisperEngine(whisper_config)
@@ -70,6 +86,7 @@ def build_app(
             extra_routes=whisper_routes(whisper),
             allow_private_hosts=allow_private_hosts,
             quota_rpm=quota_rpm,
+            **shared,
         )
     raise ValueError(f"engine must be one of {ENGINES}, got {engine_name!r}")
 
@@ -86,6 +103,9 @@ def serve(
     allow_private_hosts: Sequence[str] = (),
     log_level: str = "warning",
     quota_rpm: int | None = None,
+    filetrans: FiletransConfig | None = None,
+    upload_capacity_mb: int = 1024,
+    upload_qps: int = 0,
 ) -> None:
     """Serve until SIGTERM or SIGINT; ``api_key=None`` accepts any key."""
     # uvicorn configures only its own loggers; the server's warnings need a handler too.
@@ -98,6 +118,9 @@ def serve(
         max_audio_s=max_audio_s,
         allow_private_hosts=allow_private_hosts,
         quota_rpm=quota_rpm,
+        filetrans=filetrans,
+        upload_capacity_mb=upload_capacity_mb,
+        upload_qps=upload_qps,
     )
     config = uvicorn.Config(
         app, host=host, port=port, log_level=log_level, access_log=False, lifespan="off"
@@ -150,6 +173,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quota-rpm", type=int, help=_help("quota_rpm"))
     parser.add_argument("--allow-private-hosts", help=_help("allow_private_hosts"))
     parser.add_argument("--log-level", help=_help("log_level"))
+    filetrans = parser.add_argument_group("long-file API and temporary uploads")
+    for name in ("filetrans_pending_s", "filetrans_delay_s"):
+        filetrans.add_argument(_flag(name), type=float, help=_help(name))
+    for name in (
+        "filetrans_running_max",
+        "filetrans_retention",
+        "filetrans_submit_rpm",
+        "task_query_qps",
+        "upload_policy_qps",
+        "upload_capacity_mb",
+    ):
+        filetrans.add_argument(_flag(name), type=int, help=_help(name))
     scripted = parser.add_argument_group("scripted engine")
     scripted.add_argument("--transcript", help=_help("transcript"))
     for name in ("words_per_second", "first_delta_s", "delta_interval_s"):
@@ -235,6 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         allow_private_hosts=settings.allow_private_hosts,
         log_level=settings.log_level,
         quota_rpm=settings.quota_rpm or None,
+        filetrans=settings.filetrans_config(),
+        upload_capacity_mb=settings.upload_capacity_mb,
+        upload_qps=settings.upload_policy_qps,
     )
     return 0
 

@@ -10,6 +10,14 @@ recognition starts and is completed when the reply ends, or when the request is 
 benchmark can subtract the server's own time and a quota test can count requests per
 second; ``http_status`` and ``error_code`` say how each ended) and ``POST /scripted/reset``
 clears journal and rules.
+
+Long-file tasks (:mod:`streams.asr_server.filetrans`) get words through
+:meth:`ScriptedEngine.recognize_words`: the same drawn words, laid over the stretches where the
+audio really speaks (:func:`~streams.asr_server.sentences.speech_stretches`), one sentence per
+stretch, so sentence times follow the speech. Their uploads, submits and polls enter the
+journal too, as entries whose ``kind`` is ``upload``, ``submit``, ``poll`` or ``task`` (a
+task's own entry, completed when it ends); the other requests' entries have ``kind``
+``recognition``.
 """
 
 from __future__ import annotations
@@ -30,9 +38,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from streams.asr_server.engine import Piece, RecognitionRequest
+from streams.asr_server.engine import Piece, RecognitionRequest, TimedWords, Word
 from streams.asr_server.errors import DropConnection, MalformedFrame
-from streams.asr_server.faults import MID_STREAM, REFUSALS, FaultRule
+from streams.asr_server.faults import MID_STREAM, REFUSALS, TASK_FAULTS, FaultRule
+from streams.asr_server.sentences import speech_stretches, split_punctuation
 
 if TYPE_CHECKING:
     from streams.asr_server.app import RequestOutcome
@@ -101,6 +110,57 @@ class ScriptedEngine:
         words = [rng.choice(_WORDS) for _ in range(count)]
         return " ".join(words).capitalize() + "."
 
+    def timed_words(self, pcm: np.ndarray, sample_rate: int = 16_000) -> tuple[Word, ...]:
+        """Lay this engine's words for ``pcm`` over its speech stretches, one sentence each.
+
+        A stretch gets words in proportion to its length (at least one); they share it in
+        equal slots, each word spoken over the first 80 % of its slot, and the last ends with
+        a full stop. A fixed ``transcript`` is dealt out over the stretches the same way.
+        """
+        stretches = speech_stretches(pcm, sample_rate)
+        if not stretches:
+            return ()
+        total = sum(end - begin for begin, end in stretches)
+        if self.config.transcript is not None:
+            tokens = self.config.transcript.split()
+        else:
+            tokens = self.transcript_for(pcm).rstrip(".").lower().split()
+            wanted = max(len(stretches), round(self.config.words_per_second * total))
+            tokens = [tokens[i % len(tokens)] for i in range(wanted)]
+        counts, dealt, done = [], 0, 0.0
+        for begin, end in stretches:
+            done += end - begin
+            upto = max(dealt + 1, round(len(tokens) * done / total))
+            counts.append(upto - dealt)
+            dealt = upto
+        words: list[Word] = []
+        position = 0
+        for (begin, end), count in zip(stretches, counts, strict=True):
+            chunk = tokens[position : position + count] or ["okay"]
+            position += count
+            slot = (end - begin) / len(chunk)
+            for index, token in enumerate(chunk):
+                text = (
+                    token.capitalize() if index == 0 and self.config.transcript is None else token
+                )
+                if index == len(chunk) - 1 and not split_punctuation(text)[1]:
+                    text += "."
+                start = begin + index * slot
+                words.append(
+                    Word(text, start, start + 0.8 * slot if index < len(chunk) - 1 else end)
+                )
+        return tuple(words)
+
+    async def recognize_words(self, request: RecognitionRequest) -> TimedWords:
+        """Words with times for a long-file task (:meth:`timed_words`), after the first delay."""
+        await asyncio.sleep(self.config.first_delta_s)
+        words = await asyncio.to_thread(self.timed_words, request.pcm, request.sample_rate)
+        return TimedWords(words, request.language or self.config.language, "neutral")
+
+    def task_fault(self, file_url: str) -> FaultRule | None:
+        """The ``task_*`` rule that applies to a long-file task for ``file_url``, spent."""
+        return self._pick("", file_url=file_url)
+
     def deltas(self, text: str) -> list[str]:
         """Split ``text`` into the pieces sent one by one; they concatenate back to ``text``."""
         tokens = _TOKEN.findall(text)
@@ -152,10 +212,22 @@ class ScriptedEngine:
         if fault in {"error_frame", "error_frame_429"}:
             raise rule.error()
 
-    def _pick(self, context: str) -> FaultRule | None:
-        """Return the first rule that applies to a request with this context, spending it."""
+    def _pick(self, context: str, *, file_url: str | None = None) -> FaultRule | None:
+        """Return the first rule that applies to a request with this context, spending it.
+
+        With ``file_url`` (a long-file task) only ``task_*`` rules apply, otherwise only the
+        others.
+        """
         for rule in self._rules:
             if rule.times is not None and rule.times <= 0:
+                continue
+            if (file_url is not None) != (rule.fault in TASK_FAULTS):
+                continue
+            if file_url is not None and rule.context_contains is not None:
+                continue
+            if rule.file_url_contains is not None and rule.file_url_contains not in (
+                file_url or ""
+            ):
                 continue
             if rule.context_contains is not None and rule.context_contains not in context:
                 continue
@@ -189,12 +261,23 @@ class ScriptedEngine:
         """Complete a request's journal entry (the server's ``on_finished`` hook)."""
         self._log({**asdict(outcome), "finished_at": time.time()})
 
+    def log_event(self, fields: dict[str, Any]) -> None:
+        """Add or complete a long-file entry (``kind``, ``task_id``, ``time``, ``status``...)."""
+        request_id = fields["request_id"]
+        entry = self._journal.get(request_id)
+        if entry is None:
+            entry = self._journal[request_id] = {"request_id": request_id}
+            while len(self._journal) > self.config.journal_size:
+                self._journal.popitem(last=False)
+        entry.update(fields)
+
     def _log(self, fields: dict[str, Any]) -> None:
         request_id = fields["request_id"]
         entry = self._journal.get(request_id)
         if entry is None:
             entry = self._journal[request_id] = {
                 "request_id": request_id,
+                "kind": "recognition",
                 "received_at": None,
                 "endpoint": None,
                 "stream": None,

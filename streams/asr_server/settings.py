@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streams.api_limits import MAX_REQUEST_S
 from streams.asr_server.faults import FaultRule
+from streams.asr_server.filetrans import FiletransConfig
 from streams.asr_server.scripted import ScriptedConfig
 from streams.asr_server.whisper import WhisperConfig
 from streams.asr_server.whisper_models import MODEL_NAMES
@@ -30,6 +31,7 @@ __all__ = ["ENGINES", "AsrServerSettings"]
 ENGINES = ("scripted", "whisper")
 _SCRIPTED = ScriptedConfig()
 _WHISPER = WhisperConfig()
+_FILETRANS = FiletransConfig()
 
 
 class AsrServerSettings(BaseSettings):
@@ -63,6 +65,26 @@ class AsrServerSettings(BaseSettings):
     allow_private_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     """Hosts or CIDRs (comma-separated) that audio URLs may reach although not public."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
+
+    # Long-file API (qwen3-asr-flash-filetrans) and temporary uploads
+    filetrans_pending_s: float = Field(default=_FILETRANS.pending_s, ge=0)
+    """Time a long-file task stays PENDING before it may run."""
+    filetrans_delay_s: float = Field(default=_FILETRANS.delay_s, ge=0)
+    """Fixed time a long-file task stays RUNNING before its recognition starts."""
+    filetrans_running_max: int = Field(default=_FILETRANS.concurrency, ge=0)
+    """Long-file tasks RUNNING at once (the rest wait PENDING); 0: no limit."""
+    filetrans_retention: int = Field(default=_FILETRANS.retention, ge=1)
+    """Long-file tasks remembered (the oldest finished are forgotten first; 24 h at most)."""
+    filetrans_submit_rpm: int = Field(default=0, ge=0)
+    """Long-file submits a key may make per minute (per second RPM/60), as the cloud's 100;
+    more get 429 Throttling.RateQuota; 0: no quota."""
+    task_query_qps: int = Field(default=0, ge=0)
+    """Task queries (GET /api/v1/tasks/ID) a key may make per second, as the cloud's 20;
+    0: no quota."""
+    upload_policy_qps: int = Field(default=0, ge=0)
+    """Upload policy requests a key may make per second, as the cloud's 100; 0: no quota."""
+    upload_capacity_mb: int = Field(default=1024, ge=1)
+    """Total size of the uploaded objects kept in memory (oldest dropped first)."""
 
     # Scripted engine
     transcript: str | None = None
@@ -156,6 +178,17 @@ class AsrServerSettings(BaseSettings):
             language=self.language,
             faults=self.faults,
             seed=self.seed,
+        )
+
+    def filetrans_config(self) -> FiletransConfig:
+        """The long-file API's part of the settings."""
+        return FiletransConfig(
+            pending_s=self.filetrans_pending_s,
+            delay_s=self.filetrans_delay_s,
+            concurrency=self.filetrans_running_max,
+            retention=self.filetrans_retention,
+            submit_rpm=self.filetrans_submit_rpm,
+            query_qps=self.task_query_qps,
         )
 
     def whisper_config(self) -> WhisperConfig:

@@ -13,6 +13,11 @@ How the API's options map (docs/local-asr.md has the measurements):
 - The context text becomes faster-whisper ``hotwords`` (a prompt after ``<|startofprev|>``).
 - ``enable_itn`` changes nothing: Whisper already writes numerals and punctuation.
 - Emotion is never reported, because nothing here estimates it.
+
+Long-file tasks (:meth:`WhisperEngine.recognize_words`) decode with ``word_timestamps=True``
+in the same worker threads, queued behind the requests in progress without counting against
+``queue`` (a task waits, it is never refused as busy); they report the detected (or forced)
+language and emotion ``neutral``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from streams.asr_server.engine import Piece, RecognitionRequest
+from streams.asr_server.engine import Piece, RecognitionRequest, TimedWords, Word
 from streams.asr_server.errors import EngineBusy, EngineFailure, InvalidInput
 from streams.asr_server.whisper_models import resolve_model_dir
 
@@ -219,6 +224,60 @@ class WhisperEngine:
             # The client may be gone: stop after the segment in progress, or never start.
             job.stop.set()
             future.cancel()
+
+    async def recognize_words(self, request: RecognitionRequest) -> TimedWords:
+        """Recognise the whole request with word timestamps (a long-file task's channel)."""
+        if self._model is None:
+            raise EngineFailure("the whisper model is not loaded")
+        if request.sample_rate != 16_000:
+            raise InvalidInput(f"expected 16 kHz audio, got {request.sample_rate} Hz")
+        language = self.whisper_language(request.language)
+        job = _Job(request.request_id, request.duration_s, language, None, time.time())
+        self._journal.append(job)
+        loop = asyncio.get_running_loop()
+        try:
+            words, detected = await loop.run_in_executor(
+                self._pool, self._run_words, job, request.pcm
+            )
+        except Exception as exc:
+            raise EngineFailure(f"recognition failed: {exc!r}") from exc
+        finally:
+            job.finished_at = job.finished_at or time.time()
+        reported = request.language or (api_language(detected) if detected else None)
+        return TimedWords(words, reported, "neutral")
+
+    def _run_words(self, job: _Job, pcm: np.ndarray) -> tuple[tuple[Word, ...], str | None]:
+        """Decode with word timestamps in a worker thread."""
+        assert self._model is not None  # recognize_words() checked
+        job.started_at, job.outcome = time.time(), "running"
+        try:
+            if pcm.size == 0 or max(int(pcm.max()), -int(pcm.min())) <= SILENCE_PEAK:
+                job.outcome = "silent"
+                return (), job.language
+            segments, info = self._model.transcribe(
+                pcm.astype(np.float32) / 32768.0,
+                language=job.language,
+                beam_size=self.config.beam_size,
+                vad_filter=self.config.vad_filter,
+                word_timestamps=True,
+            )
+            job.detected = info.language
+            words: list[Word] = []
+            for segment in segments:
+                job.segments += 1
+                if job.first_segment_at is None:
+                    job.first_segment_at = time.time()
+                for word in segment.words or ():
+                    if word.word.strip():
+                        words.append(Word(word.word.strip(), word.start, word.end))
+            job.outcome = "done"
+            return tuple(words), info.language
+        except Exception:
+            logger.exception("whisper failed on task %s", job.request_id)
+            job.outcome = "failed"
+            raise
+        finally:
+            job.finished_at = time.time()
 
     def _hotwords(self, context: str) -> str | None:
         context = context.strip()

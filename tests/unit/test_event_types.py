@@ -27,6 +27,8 @@ SHAPES = [
     pytest.param(event_types.FinalEvent, ("final",), id="final"),
     pytest.param(event_types.Segment, ("final", "segments"), id="final.segments"),
     pytest.param(event_types.Turn, ("final", "turns"), id="final.turns"),
+    pytest.param(event_types.Sentence, ("final", "sentences"), id="final.sentences"),
+    pytest.param(event_types.Word, ("final", "words"), id="final.words"),
     pytest.param(event_types.Timings, ("final", "timings"), id="final.timings"),
     pytest.param(event_types.Analytics, ("final", "analytics"), id="final.analytics"),
     pytest.param(

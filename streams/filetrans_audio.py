@@ -1,0 +1,155 @@
+"""The filetrans backend's audio: one silence-compacted FLAC per call, and its stretch map.
+
+The asynchronous recogniser bills every second of the file on every channel it transcribes, so
+the silence the VAD found is left out before the upload: each channel's speech stretches (the
+planned requests' stretches, padding included) are played back to back on that channel's
+track, ``gap_s`` of silence apart so that the recogniser still hears a sentence end there. A
+:class:`StretchMap` per track says where each stretch went, and maps a time in the file back to
+the call's timeline (:meth:`StretchMap.call_time`).
+
+Runs off the event loop (an audio process or a thread), like streams/audiowork.py.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+
+from streams.chunking import Request
+from streams.decode import SpooledAudio
+
+__all__ = ["CompactAudio", "StretchMap", "compact_audio", "union_stretches"]
+
+
+@dataclass(frozen=True)
+class StretchMap:
+    """Where the call's stretches sit in the compacted file: ``(call_start_s, call_end_s,
+    file_start_s)`` per stretch, in order; between two stretches the file holds ``gap_s``."""
+
+    stretches: tuple[tuple[float, float, float], ...]
+    gap_s: float
+
+    @property
+    def file_seconds(self) -> float:
+        """Length of the compacted file in seconds."""
+        if not self.stretches:
+            return 0.0
+        a, b, f = self.stretches[-1]
+        return f + (b - a)
+
+    def call_time(self, file_s: float, *, end: bool = False) -> float:
+        """The call-timeline time of ``file_s`` seconds into the compacted file.
+
+        A time inside a gap (silence the file made up) goes to the next stretch's start, or
+        with ``end`` to the previous stretch's end: a word never spans left-out silence.
+        """
+        if not self.stretches:
+            return max(0.0, file_s)
+        starts = [f for _, _, f in self.stretches]
+        i = max(0, bisect.bisect_right(starts, file_s) - 1)
+        a, b, f = self.stretches[i]
+        if file_s < f:  # before the first stretch
+            return a
+        if file_s <= f + (b - a):
+            return a + (file_s - f)
+        # In the gap after stretch i.
+        if end or i + 1 == len(self.stretches):
+            return b
+        return self.stretches[i + 1][0]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form, for the ledger's task entry."""
+        return {"gap_s": self.gap_s, "stretches": [list(s) for s in self.stretches]}
+
+    @classmethod
+    def from_json(cls, value: Any) -> StretchMap:
+        """Read :meth:`to_json`'s form back."""
+        stretches = tuple(
+            (float(a), float(b), float(f)) for a, b, f in value.get("stretches") or []
+        )
+        return cls(stretches, float(value.get("gap_s", 0.0)))
+
+
+@dataclass(frozen=True)
+class CompactAudio:
+    """The compacted FLAC (a track per planned channel) and each track's map."""
+
+    flac: bytes
+    maps: tuple[StretchMap, ...]
+
+    @property
+    def file_seconds(self) -> float:
+        """Length of the file: its longest track (the others end in silence)."""
+        return max((m.file_seconds for m in self.maps), default=0.0)
+
+
+def union_stretches(requests: Iterable[Request]) -> list[tuple[int, int]]:
+    """The stretches of all ``requests`` as sorted, non-overlapping samples."""
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(s for r in requests for s in r.stretches):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def compact_audio(
+    audio: SpooledAudio, requests: Sequence[Request], channels: Sequence[int], gap_s: float
+) -> CompactAudio:
+    """Each of ``channels``' stretches (from its ``requests``) read from the spool and played
+    back to back, ``gap_s`` of silence apart, as one track of a FLAC file per channel.
+
+    Each channel is compacted on its own (its own map): the recogniser bills every channel
+    for the file's length, so a track holds only its own party's speech, and the file is as
+    long as the most talkative party, not as both parties' speech together.
+    """
+    rate = audio.sample_rate
+    gap = np.zeros(round(gap_s * rate), dtype=np.int16)
+    tracks: list[np.ndarray] = []
+    maps: list[StretchMap] = []
+    for channel in channels:
+        spans = union_stretches(r for r in requests if r.channel == channel)
+        pieces: list[np.ndarray] = []
+        mapped: list[tuple[float, float, float]] = []
+        at = 0
+        for i, (a, b) in enumerate(spans):
+            if i:
+                pieces.append(gap)
+                at += len(gap)
+            mapped.append((a / rate, b / rate, at / rate))
+            pcm = audio.read(channel, a, b)
+            if len(pcm) < b - a:
+                pcm = np.concatenate([pcm, np.zeros(b - a - len(pcm), dtype=np.int16)])
+            pieces.append(pcm)
+            at += b - a
+        tracks.append(np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16))
+        maps.append(StretchMap(tuple(mapped), gap_s))
+    length = max([len(t) for t in tracks] + [rate // 10])
+    pcm = np.stack([np.pad(t, (0, length - len(t))) for t in tracks])
+    return CompactAudio(encode_flac_tracks(pcm, rate), tuple(maps))
+
+
+def encode_flac_tracks(pcm: np.ndarray, sample_rate: int) -> bytes:
+    """Encode int16 samples shaped ``(channels, samples)`` (one or two) as a FLAC file."""
+    channels = pcm.shape[0]
+    layout = "mono" if channels == 1 else "stereo"
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="flac") as container:
+        stream = container.add_stream("flac", rate=sample_rate, layout=layout)
+        stream.format = "s16"
+        interleaved = np.ascontiguousarray(pcm.T, dtype=np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(interleaved, format="s16", layout=layout)
+        frame.sample_rate = sample_rate
+        frame.pts = 0
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return buffer.getvalue()
