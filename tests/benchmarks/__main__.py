@@ -14,7 +14,9 @@ Scenarios: ``client`` (1, recognition client vs the official SDK), ``e2e`` (2, o
 Kafka), ``scaleout`` (3, one vs two workers, rebalance pause), ``memory`` (4, peak RSS with 256
 recordings in flight), ``baseline`` (5, the loop you would write yourself, and PyAV vs the
 ffmpeg CLI), ``economy`` (6, requests and billed seconds per call under each layout and plan
-on the call corpus of calls.py; no Kafka). Each runs its own processes: a Kafka broker for the
+on the call corpus of calls.py; no Kafka), ``filetrans`` (7, the long-file backend beside the
+streaming one: requests, billed seconds and time to final per call, and 200 calls on 8
+partitions with a fixed task delay). Each runs its own processes: a Kafka broker for the
 whole run, and per scenario the scripted ASR server and the workers.
 """
 
@@ -40,6 +42,7 @@ from tests.benchmarks import (
     bench_client,
     bench_e2e,
     bench_economy,
+    bench_filetrans,
     bench_memory,
     bench_scaleout,
     charts,
@@ -55,6 +58,7 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "memory": bench_memory.run,
     "baseline": bench_baseline.run,
     "economy": bench_economy.run,
+    "filetrans": bench_filetrans.run,
 }
 _NEEDS_KAFKA = {"e2e", "scaleout", "memory", "baseline"}
 ROOT = Path(__file__).resolve().parents[2]
