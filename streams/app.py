@@ -105,7 +105,10 @@ def create_app(settings: Settings) -> faust.App:
     # hands a partition to its next owner only after every member revoked: the slots of two
     # workers never overlap. "assigned" carries the whole new assignment, tables' included.
     async def _release_rate_share(app: faust.App, revoked: set[TP], **kwargs: object) -> None:
-        runtime.release_partitions(tp.partition for tp in revoked if tp.topic == recordings_name)
+        gone = [tp.partition for tp in revoked if tp.topic == recordings_name]
+        runtime.release_partitions(gone)
+        # The filetrans tasks of those partitions are their next owner's from now on.
+        await runtime.let_go_tasks(gone)
 
     async def _split_rate_share(app: faust.App, assigned: set[TP], **kwargs: object) -> None:
         runtime.hold_partitions(tp.partition for tp in assigned if tp.topic == recordings_name)

@@ -80,6 +80,8 @@ class TaskPoller:
         self._policy = policy
         self.rules = rules
         self._following: dict[str, asyncio.Task[None]] = {}
+        self._partition: dict[str, int | None] = {}
+        """The recordings partition of each followed recording."""
 
     @property
     def following(self) -> int:
@@ -96,8 +98,10 @@ class TaskPoller:
                 continue
             if value["outcome"] == "publishing" and not value.get("task_id"):
                 continue  # the agent is publishing it, or a redelivery will
-            if source_partition(str(value.get("source", ""))) in partitions:
+            partition = source_partition(str(value.get("source", "")))
+            if partition in partitions:
                 wanted[str(key)] = value
+                self._partition[str(key)] = partition
         for rid in [r for r in self._following if r not in wanted]:
             self._following.pop(rid).cancel()  # the partition moved to another worker
         for rid, value in wanted.items():
@@ -109,18 +113,32 @@ class TaskPoller:
     def _done(self, rid: str, task: asyncio.Task[None]) -> None:
         if self._following.get(rid) is task:
             del self._following[rid]
+            self._partition.pop(rid, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("following the task of %s failed", rid, exc_info=task.exception())
 
     async def stop(self) -> None:
         """Cancel every follower (the worker stops; the new owner resumes the tasks)."""
-        tasks = list(self._following.values())
+        await self.let_go(None)
+
+    async def let_go(self, partitions: Iterable[int] | None) -> None:
+        """Cancel the followers of revoked ``partitions`` (None: all) and wait until they end.
+
+        Called when faust revokes partitions, before the group hands them to their next owner:
+        a follower left running until the next scan would publish the final that the new owner
+        publishes too.
+        """
+        gone = None if partitions is None else set(partitions)
+        tasks = [
+            task
+            for rid, task in list(self._following.items())
+            if gone is None or self._partition.get(rid) in gone
+        ]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._following.clear()
 
     async def _answer(self, rid: str, value: dict[str, Any]) -> None:
         if value["outcome"] == "publishing":

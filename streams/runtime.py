@@ -276,6 +276,11 @@ class Runtime:
         """Give up the slots of revoked ``partitions`` of the recordings topic."""
         return self.hold_partitions(set(self.limiter.share.partitions) - set(partitions))
 
+    async def let_go_tasks(self, partitions: Iterable[int]) -> None:
+        """Stop following the filetrans tasks of revoked ``partitions`` (their next owner will)."""
+        if self._poller is not None:
+            await self._poller.let_go(partitions)
+
     async def close(self) -> None:
         """Stop the task poller, close the HTTP clients and stop the audio processes."""
         if self._poller is not None:

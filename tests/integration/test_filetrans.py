@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.partitioner import murmur2
 
 from tests.audio import stereo_call, write_wav
 from tests.fixtures.asr_server import ScriptedServer
@@ -144,7 +145,7 @@ async def test_worker_killed_while_its_task_runs_resumes_polling_the_same_task(
     worker.start()
     # The restarted worker polls the same task (journal), then the task is let go.
     await _polls(scripted_server, task_id, more_than=polls_before, timeout_s=90)
-    scripted_server._call("POST", "/scripted/release", {"task_id": task_id})
+    scripted_server.release(task_id)
     await _terminal(stack, {"held-1"})
     messages = await stop_and_drain(stack)
     journal = scripted_server.journal()
@@ -154,6 +155,54 @@ async def test_worker_killed_while_its_task_runs_resumes_polling_the_same_task(
     assert [m.value["type"] for m in terminal] == ["final"], [m.value for m in terminal]
     for message in messages:
         validate(message)
+
+
+def _one_per_partition(prefix: str, partitions: int) -> list[str]:
+    """Recording ids whose keys land one on each partition (Kafka's default partitioner)."""
+    ids: dict[int, str] = {}
+    n = 0
+    while len(ids) < partitions:
+        rid = f"{prefix}-{n}"
+        ids.setdefault((murmur2(rid.encode()) & 0x7FFFFFFF) % partitions, rid)
+        n += 1
+    return [ids[p] for p in range(partitions)]
+
+
+async def test_a_worker_that_joins_finishes_the_tasks_of_the_partitions_it_takes_over(
+    stack: Stack, scripted_server: ScriptedServer, tmp_path: Path
+) -> None:
+    """Tasks submitted by one worker, held RUNNING while a second worker joins the group: the
+    newcomer polls the tasks of the partitions it took over (from their ledger entries) and
+    publishes their finals; every recording is submitted once and answered once."""
+    call, _ = stereo_call(SCRIPT[:2])
+    path = write_wav(tmp_path / "moved.wav", call)
+    rids = _one_per_partition("moved", int(stack.env["STREAMS_TOPIC_PARTITIONS"]))
+    scripted_server.set_faults([{"fault": "task_hold", "match": {"file_url_contains": "moved-"}}])
+    first = stack.start_worker(**FILETRANS_ENV)
+    await stack.publish([_event(rid, path, backend="filetrans") for rid in rids])
+    tasks = {rid: await _held_task(scripted_server, rid) for rid in rids}
+    for task_id in tasks.values():
+        await _polls(scripted_server, task_id, more_than=0)
+    second = stack.start_worker(**FILETRANS_ENV)
+    deadline = time.monotonic() + 120
+    while "Worker ready" not in second.log_path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, second.log_tail()
+        await asyncio.sleep(0.2)
+    scripted_server.release()
+    await _terminal(stack, set(rids), timeout_s=120)
+    messages = await stop_and_drain(stack)
+    submits = [
+        e for e in _kinds(scripted_server.journal(), "submit") if e.get("status") == "PENDING"
+    ]
+    assert sorted(e["task_id"] for e in submits) == sorted(tasks.values())
+    finals = [m.value for m in stack.terminal(messages)]
+    assert sorted(f["recording_id"] for f in finals) == sorted(rids)
+    assert {f["type"] for f in finals} == {"final"}
+    newcomer = second.log_path.read_text(errors="replace")
+    taken_over = [rid for rid in rids if f"recording {rid} final from filetrans task" in newcomer]
+    assert taken_over, "the joining worker finished no task"
+    assert "submitted; the offset moves on" not in newcomer  # it only polled
+    assert len(taken_over) < len(rids), first.log_tail()  # the first kept some partitions
 
 
 async def test_a_failed_task_gives_one_failed_event_with_the_vendor_code(
@@ -196,7 +245,7 @@ async def test_a_task_past_the_recordings_deadline_fails_deadline_exceeded(
     await stack.publish([_event("quick-1", quick, backend="filetrans")])
     await _terminal(stack, {"late-1", "quick-1"}, timeout_s=120)
     messages = await stop_and_drain(stack)
-    scripted_server._call("POST", "/scripted/release", {})
+    scripted_server.release()
     terminal = {m.value["recording_id"]: m.value for m in stack.terminal(messages)}
     assert len(stack.terminal(messages)) == 2
     assert terminal["quick-1"]["type"] == "final"
