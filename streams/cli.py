@@ -210,6 +210,11 @@ def topics(check: bool) -> None:
 @click.option("--hotword", "hotwords", multiple=True, help="A term to bias towards (repeatable).")
 @click.option("--itn/--no-itn", default=None, help="Inverse text normalisation (numbers).")
 @click.option(
+    "--backend",
+    type=click.Choice(["dashscope", "openai", "filetrans"]),
+    help="Recogniser for these recordings (filetrans: long-file tasks with word times).",
+)
+@click.option(
     "--call",
     "call_fields",
     multiple=True,
@@ -228,16 +233,16 @@ def publish(
     context_text: str | None,
     hotwords: tuple[str, ...],
     itn: bool | None,
+    backend: str | None,
     call_fields: tuple[str, ...],
     id_prefix: str,
     dry_run: bool,
 ) -> None:
     """Publish recording events for files, directories or URLs.
 
-    One event per file, per audio or video file of a directory, or per URL.
-
-    SOURCES are local paths (sent as file:// URLs: the worker must see the same path and
-    have it under STREAMS_FILE_ROOTS) or http(s):// URLs. Prints each recording id and URL.
+    One event per file, per audio or video file of a directory, or per URL. SOURCES are local
+    paths (sent as file:// URLs: the worker must see the same path and have it under
+    STREAMS_FILE_ROOTS) or http(s):// URLs. Prints each recording id and URL.
 
     \b
     Examples:
@@ -261,6 +266,7 @@ def publish(
             hotwords=list(hotwords),
             enable_itn=itn,
             call=dict(_key_value(field) for field in call_fields),
+            backend=backend,  # type: ignore[arg-type]  # click.Choice checked the value
         )
         if samples:
             from streams.dev.samples import sample_events

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -118,6 +118,7 @@ def recording_events(
     hotwords: list[str] | None = None,
     enable_itn: bool | None = None,
     call: dict[str, Any] | None = None,
+    backend: Literal["dashscope", "openai", "filetrans"] | None = None,
 ) -> list[dict[str, Any]]:
     """One recording event per URL of each source, all with the same options.
 
@@ -135,6 +136,7 @@ def recording_events(
             hotwords=hotwords,
             enable_itn=enable_itn,
             call=call,
+            backend=backend,
         )
         for source in sources
         for url in expand(source, recursive)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 import schemas
@@ -121,3 +122,27 @@ def test_the_sample_events_match_the_schema_and_their_files_exist() -> None:
         assert event["recording_id"].endswith("-x")
         assert Path(event["audio_url"].removeprefix("file://")).parent == SAMPLES_DIR
         assert Path(event["audio_url"].removeprefix("file://")).is_file()
+
+
+def test_publish_backend_choice_reaches_the_event(tmp_path: Path) -> None:
+    """`streams publish --backend filetrans` asks for long-file tasks in the event itself
+    (schema_version 4); without it the event leaves the choice to the worker's setting."""
+    from click.testing import CliRunner
+
+    from streams.cli import main
+
+    _files(tmp_path, "long_call.wav")
+    source = str(tmp_path / "long_call.wav")
+    runner = CliRunner()
+    chosen = runner.invoke(main, ["publish", source, "--backend", "filetrans", "--dry-run"])
+    assert chosen.exit_code == 0, chosen.output
+    event = orjson.loads(chosen.output.strip().splitlines()[-1])
+    assert event["recognition"]["backend"] == "filetrans"
+    assert event["schema_version"] == 4
+    validate([event])
+    plain = runner.invoke(main, ["publish", source, "--dry-run"])
+    assert "backend" not in orjson.loads(plain.output.strip().splitlines()[-1]).get(
+        "recognition", {}
+    )
+    refused = runner.invoke(main, ["publish", source, "--backend", "whisper", "--dry-run"])
+    assert refused.exit_code == 2
