@@ -6,12 +6,9 @@ poll sees every state) and the cloud's task-query quota of 20 a second.
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ from dashscope.utils.oss_utils import upload_file
 
 from tests.audio import AUDIO_DIR, asset
 from tests.fixtures.asr_server import ScriptedServer, run_scripted_server
+from tests.fixtures.static_site import serve_directory
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +31,6 @@ RESOLVE = {"X-DashScope-OssResourceResolve": "enable"}
 QUERY_QPS = 20
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def audio_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The shared recordings over HTTP, plus ``not-audio.wav`` (text in a .wav name)."""
@@ -45,13 +38,8 @@ def audio_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     for name in (STEREO, WAV):
         (root / name).write_bytes(asset(name).read_bytes())
     (root / "not-audio.wav").write_text("this is not audio\n")
-    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=root))
-    thread = threading.Thread(target=site.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{site.server_address[1]}"
-    site.shutdown()
-    site.server_close()
-    thread.join()
+    with serve_directory(root) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

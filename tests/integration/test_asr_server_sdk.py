@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import base64
-import http.server
 import itertools
-import threading
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ from streams.asr_server.app import COMPATIBLE_PATH, NATIVE_PATH
 from streams.encode import encode_data_uri
 from tests.audio import AUDIO_DIR, asset
 from tests.fixtures.asr_server import ScriptedServer, run_scripted_server
+from tests.fixtures.static_site import serve_directory
 
 pytestmark = pytest.mark.integration
 
@@ -438,19 +436,8 @@ def test_compatible_validation_error_uses_openais_shape(scripted_server: Scripte
 @pytest.fixture
 def audio_site() -> Iterator[str]:
     """A throwaway HTTP server over the shared recordings."""
-    handler = partial(_QuietHandler, directory=str(AUDIO_DIR))
-    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=site.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{site.server_address[1]}"
-    site.shutdown()
-    site.server_close()
-    thread.join()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    with serve_directory(AUDIO_DIR) as url:
+        yield url
 
 
 @pytest.mark.parametrize(

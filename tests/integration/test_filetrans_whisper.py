@@ -8,11 +8,7 @@ code paths, 0 edits for both channels, plus a margin of one word; recognition di
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
-from functools import partial
-from typing import Any
 
 import dashscope
 import httpx
@@ -21,6 +17,7 @@ from dashscope.audio.qwen_asr import QwenTranscription
 
 from tests.audio import AUDIO_DIR, manifest
 from tests.benchmarks.bench_whisper_server import WhisperServer, error_rate, run_whisper_server
+from tests.fixtures.static_site import serve_directory
 
 pytestmark = pytest.mark.integration
 
@@ -30,22 +27,10 @@ MARGIN_EDITS = 1
 """Both channels got every word right on all nine code paths; one word is the margin."""
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def audio_site() -> Iterator[str]:
-    site = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), partial(_QuietHandler, directory=str(AUDIO_DIR))
-    )
-    thread = threading.Thread(target=site.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{site.server_address[1]}"
-    site.shutdown()
-    site.server_close()
-    thread.join()
+    with serve_directory(AUDIO_DIR) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

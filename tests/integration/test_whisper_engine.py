@@ -39,11 +39,9 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import http.server
 import threading
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +65,7 @@ from tests.benchmarks.bench_whisper_server import (
     run_whisper_server,
     wav_bytes,
 )
+from tests.fixtures.static_site import serve_directory
 
 pytestmark = pytest.mark.integration
 
@@ -493,19 +492,8 @@ def test_unknown_language_code_is_refused(sdk: WhisperServer) -> None:
 @pytest.fixture(scope="module")
 def audio_site() -> Iterator[str]:
     """A throwaway HTTP server on 127.0.0.1 over the shared recordings."""
-    handler = partial(_QuietHandler, directory=str(AUDIO_DIR))
-    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=site.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{site.server_address[1]}"
-    site.shutdown()
-    site.server_close()
-    thread.join()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    with serve_directory(AUDIO_DIR) as url:
+        yield url
 
 
 def test_audio_by_allow_listed_url(sdk: WhisperServer, audio_site: str) -> None:
