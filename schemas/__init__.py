@@ -11,10 +11,11 @@ import orjson
 
 __all__ = ["RECORDING_VERSIONS", "SCHEMA_VERSION", "load", "validator"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Version every event carries; bumped (and noted in the CHANGELOG) on any contract change."""
-RECORDING_VERSIONS = (1, 2, 3, 4)
-"""Recording events the worker accepts: versions 2, 3 and 4 only added optional fields to 1."""
+RECORDING_VERSIONS = (1, 2, 3, 4, 5)
+"""Recording events the worker accepts: versions 2, 3 and 4 only added optional fields to 1;
+5 changed only the final event (its analytics' tones)."""
 
 
 @cache

@@ -9,7 +9,7 @@ never from the requests' or turns' coarse bounds.
 Usage::
 
     talk = talk_spans(requests)  # {role: [(start_s, end_s), ...]}
-    figures = call_analytics(talk, segments, duration_s=62.4, hold=[(20.0, 35.5)])
+    figures = call_analytics(talk, segments, duration_s=62.4, hold=[(20.0, 35.5)], tones=tones)
     event["analytics"] = figures.to_json()
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from streams.chunking import Request
-from streams.event_types import Analytics, EmotionSpan, RoleAnalytics, Segment
+from streams.event_types import Analytics, EmotionSpan, RoleAnalytics, Segment, ToneSpan
 
 __all__ = [
     "BACKCHANNEL_S",
@@ -31,6 +31,7 @@ __all__ = [
     "CallAnalytics",
     "Emotion",
     "RoleFigures",
+    "ToneRun",
     "call_analytics",
     "speech_spans",
     "talk_spans",
@@ -86,6 +87,37 @@ class Emotion:
 
 
 @dataclass(frozen=True)
+class ToneRun:
+    """Seconds of one role's channel holding DTMF (keyed digits) or a call-progress tone."""
+
+    kind: str
+    """``"dtmf"`` or ``"tone"`` (ringback, busy, dial: streams/tones.py)."""
+    role: str | None
+    start_s: float
+    end_s: float
+
+    def to_json(self) -> ToneSpan:
+        """An entry of the ``analytics.tones`` timeline (and of a filetrans ledger entry)."""
+        return {
+            "kind": self.kind,
+            "role": self.role,
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, object]) -> ToneRun:
+        """Read what :meth:`to_json` wrote."""
+        role = value["role"]
+        return cls(
+            str(value["kind"]),
+            None if role is None else str(role),
+            float(str(value["start_s"])),
+            float(str(value["end_s"])),
+        )
+
+
+@dataclass(frozen=True)
 class CallAnalytics:
     """The figures of one call; None where the call cannot tell (see docs/analytics.md)."""
 
@@ -101,6 +133,9 @@ class CallAnalytics:
     first_agent_response_s: float | None
     roles: tuple[RoleFigures, ...]
     emotions: tuple[Emotion, ...]
+    dtmf_s: float = 0.0
+    tone_s: float = 0.0
+    tones: tuple[ToneRun, ...] = ()
 
     def to_json(self) -> Analytics:
         """The ``analytics`` object of the final event."""
@@ -132,6 +167,9 @@ class CallAnalytics:
             "first_agent_response_s": self.first_agent_response_s,
             "roles": roles,
             "emotions": emotions,
+            "dtmf_s": self.dtmf_s,
+            "tone_s": self.tone_s,
+            "tones": [tone.to_json() for tone in self.tones],
         }
 
 
@@ -187,13 +225,16 @@ def call_analytics(
     *,
     duration_s: float,
     hold: Sequence[Span] = (),
+    tones: Sequence[ToneRun] = (),
     agent: str = "agent",
 ) -> CallAnalytics:
     """The figures of a call from each role's talk spans and the recognised segments.
 
     ``talk`` maps each role (None: a mixed call's one channel) to its speech, in seconds on
     the call's timeline; ``hold`` is where the call was on hold (music, silence on hold): no
-    talk is counted there. ``agent`` is the role whose first response is timed.
+    talk is counted there. ``tones``: the DTMF and call-progress tones the music detector
+    found (call-progress tones lie inside ``hold`` too; DTMF is nobody's talk and no hold).
+    ``agent`` is the role whose first response is timed.
     """
     hold_spans = _clip(_union(hold), duration_s)
     spans = {role: _minus(_clip(_union(s), duration_s), hold_spans) for role, s in talk.items()}
@@ -224,7 +265,15 @@ def call_analytics(
         first_agent_response_s=_first_response(spans, agent) if two_sided else None,
         roles=roles,
         emotions=_emotions(segments),
+        dtmf_s=round(_tone_seconds(tones, "dtmf", duration_s), 3),
+        tone_s=round(_tone_seconds(tones, "tone", duration_s), 3),
+        tones=tuple(sorted(tones, key=lambda t: (t.start_s, t.role or ""))),
     )
+
+
+def _tone_seconds(tones: Sequence[ToneRun], kind: str, duration_s: float) -> float:
+    """Seconds holding tones of ``kind`` on any channel (counted once where channels agree)."""
+    return _length(_clip(_union((t.start_s, t.end_s) for t in tones if t.kind == kind), duration_s))
 
 
 def _union(spans: Iterable[Span]) -> list[Span]:

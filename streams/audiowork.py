@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from streams.analytics import ToneRun
 from streams.chunking import ChunkPolicy, Plan, Request, plan_requests
 from streams.crashloop import abort_if_chosen
 from streams.decode import Layout, SpooledAudio, decode_to_files
@@ -42,6 +43,8 @@ class Planned:
     """Seconds ``[start, end)`` on the call's timeline with music or tones (hold, ringback) on
     any planned channel, merged across channels and left out of the requests; empty when
     ``ChunkPolicy.music_filter`` is off."""
+    tones: tuple[ToneRun, ...] = ()
+    """DTMF and call-progress tones of each planned channel, with its role (also left out)."""
 
 
 def decode_and_plan(
@@ -90,7 +93,12 @@ def decode_and_plan(
     split = any(role is not None for role in roles)
     plan: Plan = (recording.plan or split_plan) if split else (recording.plan or "packed")
     requests = plan_requests(maps, roles, policy, plan=plan, sample_rate=audio.sample_rate)
-    return Planned(audio, requests, plan, split, same_signal, merge_stretches(music))
+    tones = tuple(  # no music maps at all when the music filter is off
+        ToneRun(tone.kind, role, tone.start_s, tone.end_s)
+        for music_map, role in zip(music, roles, strict=False)
+        for tone in music_map.tones
+    )
+    return Planned(audio, requests, plan, split, same_signal, merge_stretches(music), tones)
 
 
 def request_uri(audio: SpooledAudio, request: Request) -> str:

@@ -27,6 +27,7 @@ __all__ = [
     "Sentence",
     "TerminalEvent",
     "Timings",
+    "ToneSpan",
     "Turn",
     "Word",
 ]
@@ -184,6 +185,15 @@ class EmotionSpan(TypedDict):
     emotion: str
 
 
+class ToneSpan(TypedDict):
+    """An entry of ``analytics.tones``: DTMF or a call-progress tone on one role's channel."""
+
+    kind: str
+    role: str | None
+    start_s: float
+    end_s: float
+
+
 class Analytics(TypedDict):
     """``analytics`` of a final event: talk, silence, overlap, hold (docs/analytics.md)."""
 
@@ -199,6 +209,9 @@ class Analytics(TypedDict):
     first_agent_response_s: float | None
     roles: list[RoleAnalytics]
     emotions: list[EmotionSpan]
+    dtmf_s: float
+    tone_s: float
+    tones: list[ToneSpan]
 
 
 class FinalEvent(TypedDict):

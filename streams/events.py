@@ -18,7 +18,7 @@ import jsonschema
 import orjson
 
 import schemas
-from streams.analytics import call_analytics, talk_spans
+from streams.analytics import ToneRun, call_analytics, talk_spans
 from streams.api_limits import MAX_CONTEXT_TOKENS, count_tokens
 from streams.chunking import Plan, Request
 from streams.errors import InvalidEvent, PipelineError
@@ -88,8 +88,7 @@ class Recording:
     context: str
     layout: Layout
     roles: tuple[str, ...]
-    plan: Plan | None = None
-    """The event's request plan (``channels.plan``); None: the worker's setting decides."""
+    plan: Plan | None = None  # the event's channels.plan; None: the worker's setting decides
     mixed_languages: bool = False
     call: dict[str, Any] = field(default_factory=dict)
     original: dict[str, Any] = field(default_factory=dict)
@@ -208,11 +207,12 @@ def final_event(
     backend: str,
     price_per_second_usd: float,
     hold: Sequence[tuple[float, float]] = (),
+    tones: Sequence[ToneRun] = (),
 ) -> FinalEvent:
     """The final event of a recording from its requests' results, in request order.
 
-    ``split``: channels transcribed apart, so turns and ``role: text`` lines. ``hold``: where
-    the call was on hold, in seconds on its timeline (no talk is counted there).
+    ``split``: channels transcribed apart, so turns and ``role: text`` lines. ``hold`` and
+    ``tones``: the call's hold (no talk counted there) and tones, on its timeline.
     """
     segments: list[Segment] = []
     for request, result in results:
@@ -271,6 +271,7 @@ def final_event(
             segments,
             duration_s=audio_seconds,
             hold=hold,
+            tones=tones,
         ).to_json(),
     }
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import schemas
-from streams.analytics import call_analytics
+from streams.analytics import ToneRun, call_analytics
 from streams.event_types import FinalEvent, Timings
 from streams.events import event_id, now_iso, turns_of
 from streams.filetrans_audio import StretchMap
@@ -51,6 +51,7 @@ class TaskEntry:
     sent_seconds: float
     talk: list[tuple[str | None, list[tuple[float, float]]]]
     hold: list[tuple[float, float]] = field(default_factory=list)
+    tones: list[ToneRun] = field(default_factory=list)
     call: dict[str, Any] = field(default_factory=dict)
     redaction: dict[str, Any] | None = None
     request_ids: list[str] = field(default_factory=list)
@@ -84,6 +85,7 @@ class TaskEntry:
             "sent_seconds": self.sent_seconds,
             "talk": [[role, [list(s) for s in spans]] for role, spans in self.talk],
             "hold": [list(h) for h in self.hold],
+            "tones": [tone.to_json() for tone in self.tones],
             "call": self.call,
             "redaction": self.redaction,
             "request_ids": self.request_ids,
@@ -117,6 +119,7 @@ class TaskEntry:
                     for role, spans in value["talk"]
                 ],
                 hold=[(float(a), float(b)) for a, b in value.get("hold") or []],
+                tones=[ToneRun.from_json(tone) for tone in value.get("tones") or []],
                 call=dict(value.get("call") or {}),
                 redaction=value.get("redaction"),
                 request_ids=[str(r) for r in value.get("request_ids") or []],
@@ -176,7 +179,7 @@ def task_final(
         "call": entry.call,
         "completed_at": now_iso(),
         "analytics": call_analytics(
-            talk, segments, duration_s=entry.audio_seconds, hold=entry.hold
+            talk, segments, duration_s=entry.audio_seconds, hold=entry.hold, tones=entry.tones
         ).to_json(),
         "sentences": transcript.sentences,
         "words": transcript.words,

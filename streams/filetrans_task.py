@@ -203,6 +203,7 @@ class TaskStarter:
             sent_seconds=max((m.file_seconds for m in maps), default=0.0) * len(channels),
             talk=[(role, list(spans)) for role, spans in talk.items()],
             hold=list(planned.music),
+            tones=list(planned.tones),
             call=recording.call,
             redaction=recording.redaction,
             request_ids=request_ids,

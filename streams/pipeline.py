@@ -108,8 +108,7 @@ class Pipeline:
         self._publisher = publisher
         self._fetch_http = fetch_http
         self._retry_wait = (retry_wait_initial_s, retry_wait_max_s)
-        # Worker-wide bound on recognition requests in flight, across partitions.
-        self._slots = asyncio.Semaphore(rules.concurrency)
+        self._slots = asyncio.Semaphore(rules.concurrency)  # requests in flight, worker-wide
         self._in_flight = 0
         self.peak_in_flight = 0  # most requests (each holding its chunk) in flight at once
 
@@ -275,6 +274,7 @@ class Pipeline:
             backend=self._backend.name,
             price_per_second_usd=self._rules.price_per_second_usd,
             hold=planned.music,
+            tones=planned.tones,
         )
 
     async def _recognize_channel(

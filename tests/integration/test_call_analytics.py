@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 
 from streams.analytics import word_count
+from streams.decode import SAMPLE_RATE
+from tests.audio import write_wav
 from tests.benchmarks.bench_analytics import borderline_pauses, truth_analytics
-from tests.benchmarks.calls import CallSpec, write_call
+from tests.benchmarks.calls import CallSpec, compose, write_call
 from tests.fixtures.worker import Stack, validate
+from tests.hold_sounds import SOUNDS
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +91,60 @@ async def test_the_final_event_carries_the_calls_analytics(
     assert mixed_figures["non_talk_s"] == pytest.approx(
         mixed["audio_seconds"] - mixed_figures["talk_s"], abs=0.002
     )
+
+
+async def test_keyed_digits_and_a_ringback_are_reported_where_they_were(
+    stack: Stack, scripted_server: Any
+) -> None:
+    """A call whose hold is DTMF (a card number keyed in) and one whose hold is a ringback:
+    each final names the tone's kind, role and place, counts DTMF as no hold and a ringback
+    as hold, and no request carried the tone."""
+    spec = CallSpec("tones-it", 60, seed=7, hold_s=12, hold_at=0.5, codec="pcm_s16le")
+    holds = {}
+    for kind in ("dtmf", "ringback-us"):
+        pcm, truth = compose(spec, hold_sound=SOUNDS[kind])
+        assert truth.hold is not None
+        holds[kind] = (truth.hold[0] / SAMPLE_RATE, truth.hold[1] / SAMPLE_RATE)
+        write_wav(stack.tmp / f"{kind}.wav", pcm)
+    stack.start_worker()
+    await stack.publish(
+        [
+            {
+                "schema_version": 2,
+                "recording_id": kind,
+                "audio_url": (stack.tmp / f"{kind}.wav").as_uri(),
+                "channels": {"layout": "split", "plan": "packed"},
+            }
+            for kind in holds
+        ]
+    )
+    messages = await stack.collect(
+        lambda ms: {m.value["recording_id"] for m in stack.terminal(ms)} >= set(holds),
+        timeout_s=90,
+        topics=(stack.final, stack.failed),
+    )
+    finals = {}
+    for message in messages:
+        validate(message)
+        finals[message.value["recording_id"]] = message.value
+    for kind, (start, end) in holds.items():
+        final = finals[kind]
+        assert final["type"] == "final", final
+        figures = final["analytics"]
+        expected = "dtmf" if kind == "dtmf" else "tone"
+        found = [t for t in figures["tones"] if t["kind"] == expected]
+        assert found, figures["tones"]
+        # On the agent's line, inside the hold (give or take one 60 ms piece of the detector).
+        assert {t["role"] for t in figures["tones"]} == {"agent"}
+        assert all(start - 0.06 <= t["start_s"] < t["end_s"] <= end + 0.06 for t in found)
+        covered = figures["dtmf_s"] if kind == "dtmf" else figures["tone_s"]
+        assert 0.5 * (end - start) <= covered <= end - start + 0.12
+        if kind == "dtmf":
+            assert figures["hold_s"] == 0  # keying a number is not waiting
+        else:
+            assert figures["hold_s"] >= figures["tone_s"]
+        # The requests skipped the tone: no stretch sent lies inside its runs.
+        sent = [s for seg in final["segments"] for s in seg["stretches"]]
+        for tone in found:
+            inside = sum(max(0.0, min(b, tone["end_s"]) - max(a, tone["start_s"])) for a, b in sent)
+            assert inside <= 0.1 * (tone["end_s"] - tone["start_s"]), (tone, sent)

@@ -13,6 +13,7 @@ import schemas
 from streams.analytics import (
     VAD_HANGOVER_S,
     VAD_ONSET_S,
+    ToneRun,
     call_analytics,
     speech_spans,
     talk_spans,
@@ -242,7 +243,50 @@ def test_hold_given_by_the_detector_is_reported(tmp_path: Path) -> None:
     assert unheld.hold_s == 0
 
 
-def _final(results: list, *, split: bool, hold: list[tuple[float, float]]) -> FinalEvent:
+def test_tones_are_reported_apart_from_talk_and_hold() -> None:
+    """Keyed digits are nobody's talk and no hold; a ringback is hold. Digits heard on both
+    channels count once; the timeline lists every run by role, in order of start."""
+    tones = [
+        ToneRun("tone", "agent", 30.0, 36.0),
+        ToneRun("dtmf", "customer", 12.0, 14.5),
+        ToneRun("dtmf", "agent", 13.0, 15.0),  # the agent's line hears the digits too
+        ToneRun("dtmf", "customer", 58.0, 61.0),  # runs past the end of the call
+    ]
+    talk = {"agent": [(1.0, 10.0)], "customer": [(16.0, 25.0)]}
+    figures = call_analytics(talk, [], duration_s=60.0, hold=[(30.0, 40.0)], tones=tones)
+    assert figures.dtmf_s == pytest.approx(3.0 + 2.0)
+    assert figures.tone_s == pytest.approx(6.0)
+    assert figures.hold_s == pytest.approx(10.0)
+    assert figures.talk_s == pytest.approx(18.0)
+    assert figures.non_talk_s == pytest.approx(60.0 - 18.0 - 10.0)  # digits included
+    timeline = figures.to_json()["tones"]
+    assert [(t["kind"], t["role"], t["start_s"]) for t in timeline] == [
+        ("dtmf", "customer", 12.0),
+        ("dtmf", "agent", 13.0),
+        ("tone", "agent", 30.0),
+        ("dtmf", "customer", 58.0),
+    ]
+    assert [ToneRun.from_json(t) for t in timeline] == sorted(tones, key=lambda t: t.start_s)
+
+
+def test_the_final_event_carries_the_tones_the_plan_found() -> None:
+    tones = [ToneRun("dtmf", "customer", 12.0, 14.5), ToneRun("tone", "agent", 30.0, 40.0)]
+    final = _final([], split=True, hold=[(30.0, 40.0)], tones=tones)
+    assert not list(schemas.validator("final").iter_errors(final))
+    figures = final["analytics"]
+    assert (figures["dtmf_s"], figures["tone_s"], figures["hold_s"]) == (2.5, 10.0, 10.0)
+    assert [t["kind"] for t in figures["tones"]] == ["dtmf", "tone"]
+    no_tones = _final([], split=True, hold=[])["analytics"]
+    assert (no_tones["dtmf_s"], no_tones["tone_s"], no_tones["tones"]) == (0.0, 0.0, [])
+
+
+def _final(
+    results: list,
+    *,
+    split: bool,
+    hold: list[tuple[float, float]],
+    tones: list[ToneRun] | None = None,
+) -> FinalEvent:
     recording = parse_recording(
         orjson.dumps({"schema_version": 2, "recording_id": "r", "audio_url": "file:///a.wav"}),
         RecognitionDefaults(model="qwen3-asr-flash"),
@@ -258,6 +302,7 @@ def _final(results: list, *, split: bool, hold: list[tuple[float, float]]) -> Fi
         backend="dashscope",
         price_per_second_usd=0.0,
         hold=hold,
+        tones=tones or (),
     )
 
 

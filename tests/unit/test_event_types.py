@@ -37,6 +37,7 @@ SHAPES = [
     pytest.param(
         event_types.EmotionSpan, ("final", "analytics", "emotions"), id="final.analytics.emotions"
     ),
+    pytest.param(event_types.ToneSpan, ("final", "analytics", "tones"), id="final.analytics.tones"),
     pytest.param(event_types.Redactions, ("final", "redactions"), id="final.redactions"),
     pytest.param(
         event_types.RedactionItem, ("final", "redactions", "items"), id="final.redactions.items"

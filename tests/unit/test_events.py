@@ -61,7 +61,7 @@ def test_event_options_override_defaults_and_hotwords_join_the_context() -> None
     [
         pytest.param(b"{not json", "invalid_event", "not valid JSON", id="malformed"),
         pytest.param(b"[1, 2]", "invalid_event", "JSON object", id="array"),
-        pytest.param(_raw(schema_version=5), "unsupported_schema_version", "got 5", id="version"),
+        pytest.param(_raw(schema_version=6), "unsupported_schema_version", "got 6", id="version"),
         pytest.param(
             b'{"recording_id": "r"}', "unsupported_schema_version", "None", id="no-version"
         ),

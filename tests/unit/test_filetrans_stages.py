@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 
+from streams.analytics import ToneRun
 from streams.chunking import Request
 from streams.decode import SpooledAudio
 from streams.errors import RecognitionProtocolError
@@ -191,10 +192,12 @@ def test_the_task_entry_round_trips_and_builds_a_schema_final() -> None:
         speech_seconds=2.0,
         sent_seconds=4.8,
         talk=[("agent", [(1.0, 2.0)]), ("customer", [(5.0, 6.0)])],
+        tones=[ToneRun("dtmf", "customer", 3.0, 4.5)],
     )
     again = TaskEntry.from_value(entry.to_value())
     assert again is not None
     assert again.maps == [MAP, MAP]
+    assert again.tones == entry.tones
     transcript = parse_result(_result(), again.maps, again.roles, again.channels)
     final = task_final(
         again,
@@ -208,3 +211,4 @@ def test_the_task_entry_round_trips_and_builds_a_schema_final() -> None:
     assert not errors, errors
     assert final["text"] == "agent: Hello.\ncustomer: Hi there.\nagent: Bye."
     assert final["billed_seconds"] == 6
+    assert final["analytics"]["dtmf_s"] == 1.5  # the keyed digits kept in the ledger entry
