@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["DIGIT_WORDS", "DigitRun", "Group", "digit_runs", "open_tail"]
+__all__ = ["DIGIT_WORDS", "DigitRun", "Group", "digit_runs", "open_tail", "opens_with_number"]
 
 DIGIT_WORDS: dict[str, str] = {
     # English
@@ -162,6 +162,16 @@ def _weak(text: str, run: list[Group], end: int) -> bool:
     other = run[1] if end == 0 else run[-2]
     gap = text[group.end : other.start] if end == 0 else text[other.end : group.start]
     return not gap.isspace()
+
+
+def opens_with_number(text: str, *, min_digits: int = 3) -> bool:
+    """Whether ``text`` begins with a run of at least ``min_digits`` digits (separators and
+    hesitations before it only): the second half of a number whose first half ended the
+    previous request."""
+    runs = digit_runs(text)
+    if not runs or not _TAIL.fullmatch(text, 0, runs[0].start):
+        return False
+    return sum(len(group.digits) for group in runs[0].groups) >= min_digits
 
 
 def open_tail(text: str) -> int:

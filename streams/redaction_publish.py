@@ -36,7 +36,7 @@ from streams.events import parse_recording
 from streams.pipeline import Pipeline
 from streams.publish import EventPublisher
 from streams.redaction import Kind, Redacted, RedactionPolicy, Style, redact, redact_pieces
-from streams.redaction_digits import open_tail
+from streams.redaction_digits import open_tail, opens_with_number
 
 __all__ = [
     "RedactingPipeline",
@@ -117,7 +117,11 @@ class RedactingPublisher:
             fields["channel"],
             fields["chunk_index"],
         )
-        cut = open_tail(text)
+        # A request after the first of its channel that opens with digits may carry the rest
+        # of a number the previous request ended with (held there): the two halves are only
+        # seen together in the final, so this request shows nothing before it.
+        continues = fields["chunk_index"] > 0 and opens_with_number(text)
+        cut = 0 if continues else open_tail(text)
         shown = redact(text[:cut], policy)
         before = self._shown.setdefault(key, _Shown()).text
         common = len(os.path.commonprefix([before, shown.text]))  # noqa: RUF071 (text)

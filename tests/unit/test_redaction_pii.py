@@ -169,15 +169,22 @@ class _Inner:
         raise AssertionError("no failure expected")
 
 
-async def _stream(deltas: list[str], policy: RedactionPolicy = POLICY) -> list[dict[str, Any]]:
+async def _stream(
+    deltas: list[str],
+    policy: RedactionPolicy = POLICY,
+    *,
+    publisher: RedactingPublisher | None = None,
+    chunk_index: int = 0,
+) -> list[dict[str, Any]]:
     inner = _Inner()
-    publisher = RedactingPublisher(inner, policy)
+    publisher = publisher or RedactingPublisher(inner, policy)
+    publisher._inner = inner  # each call records its own partials
     text = ""
     for sequence, delta in enumerate(deltas):
         text += delta
         await publisher.partial(
-            "rec-1", run=1, attempt=1, sequence=sequence, channel=0, role=None, chunk_index=0,
-            chunk_start_s=0.0, delta=delta, text=text,
+            "rec-1", run=1, attempt=1, sequence=sequence, channel=0, role=None,
+            chunk_index=chunk_index, chunk_start_s=0.0, delta=delta, text=text,
         )  # fmt: skip
     return inner.partials
 
@@ -206,6 +213,23 @@ async def test_digits_split_inside_a_group_are_held_too() -> None:
     texts = ["card ", "card ", "card [CARD] thanks ", "card [CARD] thanks bye"]
     assert [p["text"] for p in partials] == texts
     assert [p["held_back_chars"] for p in partials] == [7, 17, 0, 0]
+
+
+async def test_a_card_split_across_two_requests_never_shows_in_a_partial() -> None:
+    """A pause longer than the silence threshold put the card's halves in two requests of one
+    channel: the first holds its trailing half, the second (which opens with digits) shows
+    nothing until the final; a later request that opens with words is shown as usual."""
+    publisher = RedactingPublisher(_Inner(), POLICY)
+    first = await _stream(["my card is ", "4111 1111"], publisher=publisher)
+    second = await _stream(["1111 1111 ", "thanks"], publisher=publisher, chunk_index=1)
+    for event in [*first, *second]:
+        assert not _leaks(event["text"], "4111111111111111")
+    assert [p["text"] for p in first] == ["my card is ", "my card is "]
+    assert [(p["text"], p["held_back_chars"]) for p in second] == [("", 10), ("", 16)]
+    third = await _stream(["at 3 pm ", f"{CARD} ", "ok"], publisher=publisher, chunk_index=2)
+    assert third[-1]["text"] == "at 3 pm [CARD] ok"
+    opening = await _stream([f"{CARD} ", "is it"], publisher=publisher)
+    assert opening[-1]["text"] == "[CARD] is it"  # the first request of a channel starts anew
 
 
 async def test_partials_pass_through_when_redaction_is_off() -> None:
