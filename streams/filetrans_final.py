@@ -53,6 +53,8 @@ class TaskEntry:
     hold: list[tuple[float, float]] = field(default_factory=list)
     tones: list[ToneRun] = field(default_factory=list)
     call: dict[str, Any] = field(default_factory=dict)
+    original: dict[str, Any] = field(default_factory=dict)
+    """The recording event (its URL's query left out), for a failed event to carry."""
     redaction: dict[str, Any] | None = None
     request_ids: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -87,6 +89,7 @@ class TaskEntry:
             "hold": [list(h) for h in self.hold],
             "tones": [tone.to_json() for tone in self.tones],
             "call": self.call,
+            "original": self.original,
             "redaction": self.redaction,
             "request_ids": self.request_ids,
             "timings": self.timings,
@@ -121,6 +124,7 @@ class TaskEntry:
                 hold=[(float(a), float(b)) for a, b in value.get("hold") or []],
                 tones=[ToneRun.from_json(tone) for tone in value.get("tones") or []],
                 call=dict(value.get("call") or {}),
+                original=dict(value.get("original") or {}),
                 redaction=value.get("redaction"),
                 request_ids=[str(r) for r in value.get("request_ids") or []],
                 timings={k: float(v) for k, v in (value.get("timings") or {}).items()},

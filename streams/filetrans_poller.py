@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
+
 from streams.errors import (
     DeadlineExceeded,
     PermanentError,
@@ -262,8 +264,9 @@ class TaskPoller:
         )
 
     async def _fail(self, entry: TaskEntry, error: PipelineError, polls: int) -> None:
+        raw = orjson.dumps(entry.original) if entry.original else b""  # older entries: none
         event = failed_event(
-            error, raw=b"", recording=None, recording_id=entry.recording_id, attempts=polls
+            error, raw=raw, recording=None, recording_id=entry.recording_id, attempts=polls
         )
         await self._publisher.failed(event)
         await self._ledger.record(cast(TerminalEvent, event), entry.source)

@@ -37,6 +37,7 @@ from streams.filetrans_audio import StretchMap, compact_audio
 from streams.filetrans_client import FiletransClient
 from streams.filetrans_final import TaskEntry
 from streams.idempotency import Ledger
+from streams.netguard import redact_urls
 from streams.pipeline import PipelineRules
 from streams.publish import EventPublisher
 
@@ -205,6 +206,7 @@ class TaskStarter:
             hold=list(planned.music),
             tones=list(planned.tones),
             call=recording.call,
+            original={**recording.original, "audio_url": redact_urls(recording.audio_url)},
             redaction=recording.redaction,
             request_ids=request_ids,
             timings=timings,

@@ -228,6 +228,10 @@ async def test_a_failed_task_gives_one_failed_event_with_the_vendor_code(
     assert [t["type"] for t in terminal] == ["failed"], terminal
     assert terminal[0]["error"]["code"] == "asr_task_failed"
     assert terminal[0]["error"]["message"].startswith("FILE_403_FORBIDDEN")
+    # The poller's failed event carries the recording event, as the agent's do (to replay it).
+    original = terminal[0]["original_event"]
+    assert original["recording_id"] == "fails-1"
+    assert original["recognition"]["backend"] == "filetrans"
 
 
 async def test_a_task_past_the_recordings_deadline_fails_deadline_exceeded(
