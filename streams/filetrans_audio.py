@@ -1,11 +1,15 @@
-"""The filetrans backend's audio: one silence-compacted FLAC per call, and its stretch map.
+"""The filetrans backend's audio: one silence-compacted mono FLAC per call, and its maps.
 
 The asynchronous recogniser bills every second of the file on every channel it transcribes, so
-the silence the VAD found is left out before the upload: each channel's speech stretches (the
-planned requests' stretches, padding included) are played back to back on that channel's
-track, ``gap_s`` of silence apart so that the recogniser still hears a sentence end there. A
-:class:`StretchMap` per track says where each stretch went, and maps a time in the file back to
-the call's timeline (:meth:`StretchMap.call_time`).
+the silence the VAD found is left out before the upload, and both parties share one track:
+each channel's speech stretches (the planned requests' stretches, padding included) are played
+back to back as that channel's *section*, ``gap_s`` of silence apart so that the recogniser
+still hears a sentence end there; the sections follow each other :data:`SECTION_GAP_S` apart
+(the agent's, then the customer's), so that no sentence runs from one party into the other.
+A call is billed for both parties' speech once, where a track per party billed each for the
+longer one (docs/perf/filetrans.md). A :class:`StretchMap` per section says where each
+stretch went, and maps a time in the file back to the call's timeline
+(:meth:`StretchMap.call_time`); :func:`section_of` finds a file time's section.
 
 Runs off the event loop (an audio process or a thread), like streams/audiowork.py.
 """
@@ -24,7 +28,18 @@ import numpy as np
 from streams.chunking import Request
 from streams.decode import SpooledAudio
 
-__all__ = ["CompactAudio", "StretchMap", "compact_audio", "union_stretches"]
+__all__ = [
+    "SECTION_GAP_S",
+    "CompactAudio",
+    "StretchMap",
+    "compact_audio",
+    "section_of",
+    "union_stretches",
+]
+
+SECTION_GAP_S = 2.0
+"""Silence between two channels' sections of the file: longer than any pause the recogniser
+keeps inside one sentence, so every sentence belongs to one party."""
 
 
 @dataclass(frozen=True)
@@ -78,15 +93,23 @@ class StretchMap:
 
 @dataclass(frozen=True)
 class CompactAudio:
-    """The compacted FLAC (a track per planned channel) and each track's map."""
+    """The compacted mono FLAC and the map of each planned channel's section."""
 
     flac: bytes
     maps: tuple[StretchMap, ...]
 
     @property
     def file_seconds(self) -> float:
-        """Length of the file: its longest track (the others end in silence)."""
+        """Length of the file: where its last section ends."""
         return max((m.file_seconds for m in self.maps), default=0.0)
+
+
+def section_of(maps: Sequence[StretchMap], file_s: float) -> int:
+    """Index of the section of a one-track file that ``file_s`` falls in (or in the gap after)."""
+    starts: list[float] = []
+    for m in maps:  # a section without stretches starts where the one before it did
+        starts.append(m.stretches[0][2] if m.stretches else (starts[-1] if starts else 0.0))
+    return max(0, bisect.bisect_right(starts, file_s) - 1)
 
 
 def union_stretches(requests: Iterable[Request]) -> list[tuple[int, int]]:
@@ -104,36 +127,32 @@ def compact_audio(
     audio: SpooledAudio, requests: Sequence[Request], channels: Sequence[int], gap_s: float
 ) -> CompactAudio:
     """Each of ``channels``' stretches (from its ``requests``) read from the spool and played
-    back to back, ``gap_s`` of silence apart, as one track of a FLAC file per channel.
-
-    Each channel is compacted on its own (its own map): the recogniser bills every channel
-    for the file's length, so a track holds only its own party's speech, and the file is as
-    long as the most talkative party, not as both parties' speech together.
-    """
+    back to back, ``gap_s`` of silence apart, as that channel's section of one mono track;
+    sections :data:`SECTION_GAP_S` apart, in the order of ``channels``."""
     rate = audio.sample_rate
     gap = np.zeros(round(gap_s * rate), dtype=np.int16)
-    tracks: list[np.ndarray] = []
+    section_gap = np.zeros(round(SECTION_GAP_S * rate), dtype=np.int16)
+    pieces: list[np.ndarray] = []
     maps: list[StretchMap] = []
+    at = 0
     for channel in channels:
         spans = union_stretches(r for r in requests if r.channel == channel)
-        pieces: list[np.ndarray] = []
         mapped: list[tuple[float, float, float]] = []
-        at = 0
         for i, (a, b) in enumerate(spans):
-            if i:
-                pieces.append(gap)
-                at += len(gap)
+            if pieces:
+                pad = gap if i else section_gap
+                pieces.append(pad)
+                at += len(pad)
             mapped.append((a / rate, b / rate, at / rate))
             pcm = audio.read(channel, a, b)
             if len(pcm) < b - a:
                 pcm = np.concatenate([pcm, np.zeros(b - a - len(pcm), dtype=np.int16)])
             pieces.append(pcm)
             at += b - a
-        tracks.append(np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16))
         maps.append(StretchMap(tuple(mapped), gap_s))
-    length = max([len(t) for t in tracks] + [rate // 10])
-    pcm = np.stack([np.pad(t, (0, length - len(t))) for t in tracks])
-    return CompactAudio(encode_flac_tracks(pcm, rate), tuple(maps))
+    track = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
+    track = np.pad(track, (0, max(0, rate // 10 - len(track))))
+    return CompactAudio(encode_flac_tracks(track.reshape(1, -1), rate), tuple(maps))
 
 
 def encode_flac_tracks(pcm: np.ndarray, sample_rate: int) -> bytes:

@@ -41,11 +41,11 @@ class TaskEntry:
     model: str
     split: bool
     channels: list[int]
-    """The call channel each track of the submitted file carries."""
+    """The call channel of each map: a section of the file's one track, or a track of its own."""
     roles: list[str | None]
     """Role of each call channel."""
     maps: list[StretchMap]
-    """Each track's stretch map."""
+    """Each channel's stretch map."""
     audio_seconds: float
     speech_seconds: float
     sent_seconds: float
@@ -58,6 +58,14 @@ class TaskEntry:
     redaction: dict[str, Any] | None = None
     request_ids: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    tracks: int = 0
+    """Tracks of the submitted file; 0: one per channel (entries written before sections)."""
+
+    @property
+    def file_tracks(self) -> int:
+        """Tracks the recogniser transcribes: one (the channels are sections of it) unless the
+        file was passed through, or the entry predates sections (a track per channel)."""
+        return self.tracks or len(self.channels)
 
     @property
     def file_seconds(self) -> float:
@@ -93,6 +101,7 @@ class TaskEntry:
             "redaction": self.redaction,
             "request_ids": self.request_ids,
             "timings": self.timings,
+            "tracks": self.tracks,
         }
 
     @classmethod
@@ -128,6 +137,7 @@ class TaskEntry:
                 redaction=value.get("redaction"),
                 request_ids=[str(r) for r in value.get("request_ids") or []],
                 timings={k: float(v) for k, v in (value.get("timings") or {}).items()},
+                tracks=int(value.get("tracks") or 0),
             )
         except (KeyError, TypeError, ValueError):
             return None

@@ -195,13 +195,13 @@ class TaskPoller:
                             f"task {entry.task_id} SUCCEEDED without a transcription_url"
                         )
                     data = await self._client.result(status.transcription_url)
-                    transcript = parse_result(data, entry.maps, entry.roles, entry.channels)
+                    transcript = parse_result(
+                        data, entry.maps, entry.roles, entry.channels, tracks=entry.file_tracks
+                    )
                 except PipelineError as exc:
                     await self._fail(entry, exc, polls)
                     return
-                billed = billed_seconds(
-                    status.usage_seconds, len(entry.channels), entry.file_seconds
-                )
+                billed = billed_seconds(status.usage_seconds, entry.file_tracks, entry.file_seconds)
                 status_request = [status.request_id] if status.request_id else []
                 break
             if status.done:  # FAILED, UNKNOWN

@@ -16,7 +16,7 @@ from typing import Any
 
 from streams.errors import RecognitionProtocolError
 from streams.event_types import Segment, Sentence, Word
-from streams.filetrans_audio import StretchMap
+from streams.filetrans_audio import StretchMap, section_of
 
 __all__ = ["EMOTIONS", "Transcript", "parse_result", "segments_of"]
 
@@ -51,11 +51,15 @@ def parse_result(
     maps: Sequence[StretchMap],
     roles: Sequence[str | None],
     channels: Sequence[int],
+    *,
+    tracks: int | None = None,
 ) -> Transcript:
     """The sentences and words of a result file, on the call timeline in seconds.
 
-    ``channels[i]`` is the call's channel that the file's track ``i`` carries and ``maps[i]``
-    that track's stretch map; ``roles`` the role of each call channel (None: a mixed call).
+    ``maps[i]`` is the stretch map of call channel ``channels[i]``; ``roles`` the role of each
+    call channel (None: a mixed call). With ``tracks`` fewer than the channels, the file is
+    one track of sections (streams/filetrans_audio.py): a sentence belongs to the section its
+    start falls in. Otherwise track ``i`` of the file carries ``channels[i]``.
 
     Raises:
         RecognitionProtocolError: not the documented shape.
@@ -64,17 +68,19 @@ def parse_result(
         raise RecognitionProtocolError("filetrans result is not a JSON object")
     pieces: list[tuple[Sentence, list[Word]]] = []
     for transcript in _items(data.get("transcripts"), "transcripts"):
+        sections = tracks is not None and tracks < len(channels)
         track = transcript.get("channel_id", 0)
-        if not isinstance(track, int) or not 0 <= track < len(channels):
+        if not isinstance(track, int) or not 0 <= track < (tracks or len(channels)):
             raise RecognitionProtocolError(f"filetrans result: unknown channel_id {track!r}")
-        channel, stretch_map = channels[track], maps[track]
-        role = roles[channel] if channel < len(roles) else None
         for raw in _items(transcript.get("sentences"), "sentences"):
             text = raw.get("text")
             if not isinstance(text, str):
                 raise RecognitionProtocolError("filetrans result: a sentence without text")
             begin = _number(raw.get("begin_time"), "begin_time") / 1000
             end = max(begin, _number(raw.get("end_time"), "end_time") / 1000)
+            index = section_of(maps, begin) if sections else track
+            channel, stretch_map = channels[index], maps[index]
+            role = roles[channel] if channel < len(roles) else None
             language = raw.get("language")
             emotion = raw.get("emotion")
             sentence: Sentence = {

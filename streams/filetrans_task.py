@@ -2,7 +2,7 @@
 
 :meth:`TaskStarter.start` validates the event, fetches and decodes the audio, runs the VAD
 (streams/audiowork.py, as the streaming pipeline does), compacts each channel's speech into
-its track of one FLAC (streams/filetrans_audio.py), uploads it (or passes a public
+its section of one mono FLAC (streams/filetrans_audio.py), uploads it (or passes a public
 ``https://`` audio_url through when allowed), submits ONE task for the call, and writes the
 task entry to the ledger, waiting for the broker. Then it returns, and the recording's offset
 moves on: the partition does not wait for the recogniser. The task poller
@@ -153,8 +153,10 @@ class TaskStarter:
                 and recording.audio_url.startswith("https://")
                 and planned.audio.source_channels == len(planned.audio.paths)
             )
+            tracks = 1  # the compacted file: one track, a section per channel
             if passed:
                 channels = list(range(len(planned.audio.paths)))
+                tracks = len(channels)
                 duration = planned.audio.duration_s
                 maps = [StretchMap(((0.0, duration, 0.0),), 0.0)] * len(channels)
                 file_url = recording.audio_url
@@ -178,7 +180,7 @@ class TaskStarter:
                 task_id, request_id = await self._client.submit(
                     file_url,
                     model=model,
-                    channels=list(range(len(channels))),
+                    channels=list(range(tracks)),
                     language=recording.language,
                     enable_itn=recording.enable_itn,
                 )
@@ -201,7 +203,7 @@ class TaskStarter:
             maps=maps,
             audio_seconds=planned.audio.duration_s,
             speech_seconds=sum(r.speech_s for r in planned.requests),
-            sent_seconds=max((m.file_seconds for m in maps), default=0.0) * len(channels),
+            sent_seconds=max((m.file_seconds for m in maps), default=0.0) * tracks,
             talk=[(role, list(spans)) for role, spans in talk.items()],
             hold=list(planned.music),
             tones=list(planned.tones),
@@ -210,6 +212,7 @@ class TaskStarter:
             redaction=recording.redaction,
             request_ids=request_ids,
             timings=timings,
+            tracks=tracks,
         )
 
     def _model(self, recording: Recording) -> str:

@@ -95,7 +95,7 @@ async def _filetrans(base_url: str, path: Path, poll_initial_s: float) -> dict[s
         task_id, _ = await client.submit(
             url,
             model="qwen3-asr-flash-filetrans",
-            channels=list(range(len(channels))),
+            channels=[0],  # one track: a section per channel
             language="en",
             enable_itn=False,
         )

@@ -14,7 +14,13 @@ from streams.chunking import Request
 from streams.decode import SpooledAudio
 from streams.errors import RecognitionProtocolError
 from streams.events import turns_of
-from streams.filetrans_audio import StretchMap, compact_audio, union_stretches
+from streams.filetrans_audio import (
+    SECTION_GAP_S,
+    StretchMap,
+    compact_audio,
+    section_of,
+    union_stretches,
+)
 from streams.filetrans_client import billed_seconds
 from streams.filetrans_final import TaskEntry, task_final
 from streams.filetrans_result import parse_result, segments_of
@@ -56,8 +62,9 @@ def _request(channel: int, *stretches: tuple[float, float]) -> Request:
     )
 
 
-def test_each_channel_is_compacted_on_its_own_track(tmp_path: Any) -> None:
-    """Each track holds its channel's stretches with gaps; the file is the longest track."""
+def test_the_channels_are_sections_of_one_mono_track(tmp_path: Any) -> None:
+    """Each channel's stretches, with gaps, form its section; the sections follow each other
+    SECTION_GAP_S apart on one track, so the file is as long as both parties' speech."""
     samples = 8 * RATE
     paths = []
     for channel in range(2):
@@ -70,20 +77,55 @@ def test_each_channel_is_compacted_on_its_own_track(tmp_path: Any) -> None:
     requests = [_request(0, (0.5, 1.5)), _request(1, (1.0, 2.5)), _request(0, (6.0, 7.0))]
     assert union_stretches(requests) == [(8000, 40000), (96000, 112000)]
     compact = compact_audio(audio, requests, [0, 1], 0.5)
-    # Each channel compacted on its own: channel 0 has two stretches, channel 1 one.
+    # Channel 0: two stretches 0.5 s apart (2.5 s); then the section gap; then channel 1.
     assert compact.maps[0].stretches == ((0.5, 1.5, 0.0), (6.0, 7.0, 1.5))
-    assert compact.maps[1].stretches == ((1.0, 2.5, 0.0),)
-    assert compact.file_seconds == pytest.approx(2.5)
+    assert compact.maps[1].stretches == ((1.0, 2.5, 2.5 + SECTION_GAP_S),)
+    assert compact.file_seconds == pytest.approx(2.5 + SECTION_GAP_S + 1.5)
+    assert [section_of(compact.maps, t) for t in (0.0, 2.4, 2.6, 4.5, 9.0)] == [0, 0, 0, 1, 1]
     with av.open(io.BytesIO(compact.flac)) as container:
         stream = container.streams.audio[0]
-        assert stream.channels == 2
-        frames = [f.to_ndarray() for f in container.decode(stream)]
-    pcm = np.concatenate(frames, axis=1).reshape(-1, 2).T
-    assert pcm.shape[1] == round(2.5 * RATE)
-    assert pcm[0, 100] == 1000  # channel 0 at 0.5 s of the call
-    assert pcm[1, 100] == 2000  # channel 1's track starts at its own speech (1.0 s)
-    assert not pcm[0, round(1.5 * RATE) + 10 : round(1.5 * RATE) + 20].any()  # the gap
-    assert not pcm[1, round(1.5 * RATE) + 10 :].any()  # the shorter track ends in silence
+        assert stream.channels == 1
+        pcm = np.concatenate([f.to_ndarray() for f in container.decode(stream)], axis=1)[0]
+    assert len(pcm) == round(compact.file_seconds * RATE)
+    assert pcm[100] == 1000  # channel 0 at 0.5 s of the call
+    assert not pcm[round(1.5 * RATE) + 10 : round(1.5 * RATE) + 20].any()  # the gap
+    assert not pcm[round(2.5 * RATE) + 10 : round((2.5 + SECTION_GAP_S) * RATE) - 10].any()
+    assert pcm[round((2.5 + SECTION_GAP_S) * RATE) + 100] == 2000  # channel 1's section
+
+
+def test_sentences_of_one_track_belong_to_the_section_they_start_in() -> None:
+    """The one-track file's result: each sentence and its words go back through its own
+    section's map, with that section's channel and role."""
+    second = StretchMap(((3.0, 4.0, 2.4 + SECTION_GAP_S),), 0.4)
+    begin = round((2.4 + SECTION_GAP_S) * 1000)
+    data = {
+        "transcripts": [
+            {
+                "channel_id": 0,
+                "sentences": [
+                    {"begin_time": 100, "end_time": 2300, "text": "Hello. Bye.",
+                     "words": [{"begin_time": 1900, "end_time": 2300, "text": "Bye."}]},
+                    {"begin_time": begin + 100, "end_time": begin + 600, "text": "Hi.",
+                     "words": [{"begin_time": begin + 100, "end_time": begin + 600, "text": "Hi."}]},
+                ],
+            }
+        ]
+    }  # fmt: skip
+    transcript = parse_result(data, [MAP, second], ["agent", "customer"], [0, 1], tracks=1)
+    got = [(s["start"], s["end"], s["role"], s["channel"]) for s in transcript.sentences]
+    assert got == [(1.1, 5.9, "agent", 0), (3.1, 3.6, "customer", 1)]
+    assert [(w["text"], w["start"], w["sentence"]) for w in transcript.words] == [
+        ("Bye.", 5.5, 0),
+        ("Hi.", 3.1, 1),
+    ]
+    with pytest.raises(RecognitionProtocolError):  # one track: no channel_id 1
+        parse_result(
+            {"transcripts": [{"channel_id": 1, "sentences": []}]},
+            [MAP, second],
+            ["agent", "customer"],
+            [0, 1],
+            tracks=1,
+        )
 
 
 def _result() -> dict[str, Any]:
