@@ -106,7 +106,8 @@ def test_sentences_of_one_track_belong_to_the_section_they_start_in() -> None:
                     {"begin_time": 100, "end_time": 2300, "text": "Hello. Bye.",
                      "words": [{"begin_time": 1900, "end_time": 2300, "text": "Bye."}]},
                     {"begin_time": begin + 100, "end_time": begin + 600, "text": "Hi.",
-                     "words": [{"begin_time": begin + 100, "end_time": begin + 600, "text": "Hi."}]},
+                     "words": [{"begin_time": begin + 100, "end_time": begin + 600,
+                                "text": "Hi."}]},
                 ],
             }
         ]
