@@ -16,7 +16,9 @@ recordings in flight), ``baseline`` (5, the loop you would write yourself, and P
 ffmpeg CLI), ``economy`` (6, requests and billed seconds per call under each layout and plan
 on the call corpus of calls.py; no Kafka), ``filetrans`` (7, the long-file backend beside the
 streaming one: requests, billed seconds and time to final per call, and 200 calls on 8
-partitions with a fixed task delay). Each runs its own processes: a Kafka broker for the
+partitions with a fixed task delay), ``music`` (8, hold music and tones: words lost and music
+seconds sent and billed, every hold sound at 16 and 8 kHz), ``analytics`` (9, the call
+analytics against the corpus's truth). Each runs its own processes: a Kafka broker for the
 whole run, and per scenario the scripted ASR server and the workers.
 """
 
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import io
 import shutil
 import sys
 import tempfile
@@ -38,18 +42,33 @@ import orjson
 from streams.dev.kafka_download import default_cache_dir, ensure_jars
 from streams.dev.localkafka import LocalKafka
 from tests.benchmarks import (
+    bench_analytics,
     bench_baseline,
     bench_client,
     bench_e2e,
     bench_economy,
     bench_filetrans,
     bench_memory,
+    bench_music,
     bench_scaleout,
     charts,
     report,
 )
 from tests.benchmarks.corpus import build_corpus
 from tests.benchmarks.harness import Bench, pid_of
+
+
+def _music(bench: Bench) -> dict[str, Any]:
+    rows = bench_music.run(["plucked notes (corpus)", "dtmf"] if bench.quick else None)
+    return {"rows": [dataclasses.asdict(r) for r in rows], "text": bench_music.markdown(rows)}
+
+
+def _analytics(bench: Bench) -> dict[str, Any]:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        bench_analytics.main(["--quick"] if bench.quick else [])
+    return {"text": printed.getvalue().strip()}
+
 
 SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "client": bench_client.run,
@@ -59,6 +78,8 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "baseline": bench_baseline.run,
     "economy": bench_economy.run,
     "filetrans": bench_filetrans.run,
+    "music": _music,
+    "analytics": _analytics,
 }
 _NEEDS_KAFKA = {"e2e", "scaleout", "memory", "baseline"}
 ROOT = Path(__file__).resolve().parents[2]

@@ -244,6 +244,8 @@ def table(name: str, scenario: dict[str, Any]) -> str:
     """The printed table(s) of one scenario."""
     if scenario.get("skipped"):
         return f"skipped: {scenario['skipped']}"
+    if "text" in scenario:  # a scenario that prints its own (markdown) tables
+        return str(scenario["text"])
     return "\n\n".join(_text(t) for t in tables({name: scenario}))
 
 
@@ -360,6 +362,11 @@ def markdown(results: dict[str, Any], pictures: list[str]) -> str:
         "`bench-results/results.json`.",
         "",
         *(_md(t) + "\n" for t in tables(results["scenarios"])),
+        *(
+            f"**{name}**\n\n{scenario['text']}\n"
+            for name, scenario in results["scenarios"].items()
+            if "text" in scenario
+        ),
         _md(
             (
                 "Targets",
