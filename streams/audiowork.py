@@ -22,7 +22,7 @@ from streams.decode import Layout, SpooledAudio, decode_to_files
 from streams.dualmono import DualMonoDetector
 from streams.encode import encode_data_uri
 from streams.events import Recording
-from streams.music import MusicDetector, MusicMap, without_music
+from streams.music import MusicDetector, hold_stretches, without_music
 from streams.vad import FRAME_SAMPLES, SpeechDetector
 
 __all__ = ["Planned", "decode_and_plan", "merge_stretches", "request_uri"]
@@ -40,8 +40,9 @@ class Planned:
     same_signal: bool = False
     """The recorder wrote one signal on both channels (transcribed once, as a mixed call)."""
     music: list[tuple[float, float]] = field(default_factory=list)
-    """Seconds ``[start, end)`` on the call's timeline with music or tones (hold, ringback) on
-    any planned channel, merged across channels and left out of the requests; empty when
+    """The call's hold: seconds ``[start, end)`` on its timeline with music or call-progress
+    tones on any planned channel (streams/music.py ``hold_stretches``: the detector's
+    stretches with their margins, where the music plays), merged across channels; empty when
     ``ChunkPolicy.music_filter`` is off."""
     tones: tuple[ToneRun, ...] = ()
     """DTMF and call-progress tones of each planned channel, with its role (also left out)."""
@@ -98,7 +99,8 @@ def decode_and_plan(
         for music_map, role in zip(music, roles, strict=False)
         for tone in music_map.tones
     )
-    return Planned(audio, requests, plan, split, same_signal, merge_stretches(music), tones)
+    hold = merge_stretches([hold_stretches(m, mm) for m, mm in zip(maps, music, strict=False)])
+    return Planned(audio, requests, plan, split, same_signal, hold, tones)
 
 
 def request_uri(audio: SpooledAudio, request: Request) -> str:
@@ -107,10 +109,10 @@ def request_uri(audio: SpooledAudio, request: Request) -> str:
     return encode_data_uri(np.concatenate(pcm) if len(pcm) > 1 else pcm[0], audio.sample_rate)
 
 
-def merge_stretches(music: list[MusicMap]) -> list[tuple[float, float]]:
-    """The music stretches of every channel as one sorted list of non-overlapping seconds."""
+def merge_stretches(channels: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """Stretches of every channel as one sorted list of non-overlapping seconds."""
     merged: list[tuple[float, float]] = []
-    for start, end in sorted(s for m in music for s in m.stretches):
+    for start, end in sorted(s for stretches in channels for s in stretches):
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
         else:

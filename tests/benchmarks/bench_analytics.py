@@ -4,7 +4,7 @@ Each call goes through the worker's own decode, VAD and plan (streams/audiowork.
 plan, the default settings); its figures are then compared with the same figures computed on
 the generator's ground truth: each channel's words, joined across pauses shorter than the
 silence threshold as the VAD measures it (the definition of talk in docs/analytics.md). The
-hold stretch is given to both from the truth, as the music detector will give it. Speaking
+worker's hold is the music detector's; the truth's is where the hold sound was put. Speaking
 rate and emotion are not measured here: their inputs are the recogniser's words and labels.
 
     python -m tests.benchmarks.bench_analytics            # the whole corpus, about a minute
@@ -118,7 +118,8 @@ def truth_analytics(call: Call) -> CallAnalytics:
 
 
 def measured(call: Call, spool: Path, *, hold: bool = True) -> CallAnalytics:
-    """The figures the worker computes: decode, VAD, ``packed`` plan, then the analytics."""
+    """The figures the worker computes: decode, VAD and music detector, ``packed`` plan, then
+    the analytics with the detector's hold (``hold=False``: with no hold at all)."""
     recording = Recording(
         recording_id=call.spec.name,
         audio_url=call.path.as_uri(),
@@ -142,7 +143,7 @@ def measured(call: Call, spool: Path, *, hold: bool = True) -> CallAnalytics:
         talk_spans(planned.requests, ROLES),
         [],
         duration_s=planned.audio.duration_s,
-        hold=_hold(call.truth) if hold else (),
+        hold=planned.music if hold else (),
     )
 
 

@@ -226,14 +226,17 @@ def test_figures_of_a_generated_call_match_its_truth(spec: CallSpec, tmp_path: P
         assert abs(error) <= bound, (name, truth, error)
 
 
-def test_hold_given_by_the_detector_is_reported(tmp_path: Path) -> None:
-    """A call with 15 s on hold: the hold stretch (as the music detector will give it) is
-    reported exactly, and the customer's talk is still measured within 0.3 s."""
+def test_hold_found_by_the_detector_is_reported(tmp_path: Path) -> None:
+    """A call with 15 s on hold: the hold the music detector finds is reported within 0.15 s
+    (its stretch widened over the margins where the music plays), and every figure is within
+    0.3 s (or one count) of the truth."""
     spec = CallSpec("analytics-hold", 75, seed=5, hold_s=15, hold_at=0.4, codec="pcm_s16le")
     call = write_call(spec, tmp_path)
     found = errors(measured(call, tmp_path), truth_analytics(call))
-    assert found["hold_s"] == (pytest.approx(15.0), 0.0)
-    assert abs(found["talk_customer_s"][1]) <= 0.3
+    assert found["hold_s"][0] == pytest.approx(15.0)
+    assert abs(found["hold_s"][1]) <= 0.15
+    for name, (truth, error) in found.items():
+        assert abs(error) <= (1 if name in ("overlaps", "interruptions") else 0.3), (name, truth)
     # Without the hold stretch, the music filter has still taken the music out of the speech:
     # at most the margins it gives back to speech at each end (0.75 s) count as the agent's.
     (tmp_path / "unheld").mkdir()
