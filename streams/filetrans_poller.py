@@ -44,7 +44,7 @@ from streams.events import failed_event
 from streams.filetrans_client import FiletransClient, billed_seconds
 from streams.filetrans_final import TaskEntry, task_final
 from streams.filetrans_result import Transcript, parse_result
-from streams.idempotency import Ledger, source_partition
+from streams.idempotency import Ledger
 from streams.publish import EventPublisher
 from streams.redaction import RedactionPolicy
 from streams.redaction_publish import policy_from_event, policy_scope, redact_final
@@ -93,17 +93,12 @@ class TaskPoller:
     def scan(self, owned: Iterable[int]) -> None:
         """Follow every pending task of the ``owned`` partitions; drop the others."""
         partitions = set(owned)
-        table = self._ledger.table  # the entries of the partitions this worker holds
         wanted: dict[str, dict[str, Any]] = {}
-        for key, value in list(table.data.items()):
-            if not isinstance(value, dict) or value.get("outcome") not in ("task", "publishing"):
-                continue
-            if value["outcome"] == "publishing" and not value.get("task_id"):
-                continue  # the agent is publishing it, or a redelivery will
-            partition = source_partition(str(value.get("source", "")))
-            if partition in partitions:
-                wanted[str(key)] = value
-                self._partition[str(key)] = partition
+        for rid, partition in list(self._ledger.pending.items()):
+            value = self._ledger.task(rid)  # None: answered meanwhile, or expired
+            if value is not None and partition in partitions:
+                wanted[rid] = value
+                self._partition[rid] = partition
         for rid in [r for r in self._following if r not in wanted]:
             self._following.pop(rid).cancel()  # the partition moved to another worker
         for rid, value in wanted.items():

@@ -48,6 +48,7 @@ the recogniser again, whatever crashes. What remains:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -158,6 +159,7 @@ class Ledger:
 
     def __init__(self, app: faust.App, *, partitions: int, store: str, retention_s: float) -> None:
         self._retention_s = retention_s
+        self._pending: dict[str, int | None] = {}
         # app.Table is typed as returning the abstract TableT; it builds a faust.Table.
         self.table = cast(
             "faust.Table[str, dict[str, Any]]",
@@ -172,6 +174,31 @@ class Ledger:
                 extra_topic_configs=changelog_configs(retention_s),
             ),
         )
+        # Entries recovered from the changelog (after every rebalance) reach the store
+        # without passing through _put: the index of pending tasks is rebuilt then.
+        self.table.on_recover(self.reindex)
+
+    @property
+    def pending(self) -> dict[str, int | None]:
+        """Recording ids whose filetrans task is still to be answered, with the partition of
+        their recording event: the *task* entries and the tasks' *publishing* ones. Kept up to
+        date by this worker's writes and rebuilt after each recovery, so the task poller reads
+        a handful of entries a second, not the whole retention window (millions of them)."""
+        return self._pending
+
+    async def reindex(self, chunk: int = 10_000) -> None:
+        """Rebuild :attr:`pending` from the whole table, yielding to the event loop every
+        ``chunk`` entries; each key's live value is read, so writes meanwhile are kept."""
+        for i, key in enumerate(list(self.table.data.keys())):
+            self._index(str(key), self.table.data.get(key))
+            if i % chunk == chunk - 1:
+                await asyncio.sleep(0)
+
+    def _index(self, recording_id: str, value: Any) -> None:
+        if _is_pending(value):
+            self._pending[recording_id] = source_partition(str(value.get("source", "")))
+        else:
+            self._pending.pop(recording_id, None)
 
     def forget_expired(self) -> int:
         """Drop entries older than the retention from a ``memory://`` store; return how many.
@@ -187,6 +214,7 @@ class Ledger:
         expired = [k for k, v in data.items() if isinstance(v, dict) and v.get("at", "") < cutoff]
         for key in expired:
             data.pop(key, None)
+            self._pending.pop(key, None)
         return len(expired)
 
     def answered(self, recording_id: str, source: str) -> Outcome | None:
@@ -257,12 +285,7 @@ class Ledger:
     def task(self, recording_id: str) -> dict[str, Any] | None:
         """The recording's filetrans *task* entry (or a task's *publishing* one), if any."""
         value = self.table.get(recording_id)
-        if isinstance(value, dict) and (
-            value.get("outcome") == "task"
-            or (value.get("outcome") == "publishing" and value.get("task_id"))
-        ):
-            return value
-        return None
+        return value if _is_pending(value) else None
 
     async def record_task(self, recording_id: str, value: dict[str, Any]) -> None:
         """Keep a submitted filetrans task (outcome ``task``) and wait for the broker."""
@@ -306,7 +329,16 @@ class Ledger:
         )
         future = table.send_changelog(partition, recording_id, value)
         table.data[recording_id] = value
+        self._index(recording_id, value)
         await future
+
+
+def _is_pending(value: Any) -> bool:
+    """A filetrans task's entry that still needs its answer (task, or its publishing)."""
+    return isinstance(value, dict) and (
+        value.get("outcome") == "task"
+        or (value.get("outcome") == "publishing" and bool(value.get("task_id")))
+    )
 
 
 class LedgerPublisher:

@@ -165,3 +165,28 @@ def test_forget_expired_drops_only_old_entries_of_a_memory_store(ledger: Ledger)
     assert ledger.forget_expired() == 1
     assert ledger.table.get("old") is None
     assert ledger.table.get("new") is not None
+
+
+async def test_pending_tasks_are_indexed_after_a_recovery(ledger: Ledger) -> None:
+    """Recovery fills the store behind the ledger's back: the index of pending filetrans tasks
+    is rebuilt from it (the task poller reads that index, not the whole table). Task entries
+    and a task's publishing entry are pending; answered ones, and the agent's own
+    publishing entry (no task id), are not."""
+    source = "recordings[{}]@7"
+    entries: dict[str, Any] = {
+        f"done-{i}": {"outcome": "final", "event_id": "e", "source": source.format(i % 4)}
+        for i in range(25)
+    }
+    entries["task-a"] = {"outcome": "task", "task_id": "t1", "source": source.format(2)}
+    entries["task-b"] = {"outcome": "publishing", "task_id": "t2", "source": source.format(3)}
+    entries["agent"] = {"outcome": "publishing", "event_id": "e", "source": source.format(1)}
+    _store(ledger, entries)
+    assert ledger.pending == {}
+    await ledger.reindex(chunk=4)
+    assert ledger.pending == {"task-a": 2, "task-b": 3}
+    assert ledger.task("task-a") is not None
+    # task-a was answered (by the worker that owned it before the rebalance): dropped.
+    _store(ledger, {"task-a": {"outcome": "final", "event_id": "e", "source": source.format(2)}})
+    await ledger.reindex()
+    assert ledger.pending == {"task-b": 3}
+    assert ledger.task("task-a") is None
