@@ -4,7 +4,8 @@ Where the work is: every submitted task is a *task* entry in the ``finalized`` t
 (streams/idempotency.py), in the changelog partition of its recording. A worker holds the
 entries of the partitions assigned to it (faust rebuilds them from the changelog after every
 rebalance), so "the tasks this worker must finish" is "the *task* entries of its assigned
-partitions", with no other coordination. :meth:`TaskPoller.scan` (run every
+partitions" (the ledger's index of pending tasks, ``Ledger.pending``), with no other
+coordination. :meth:`TaskPoller.scan` (run every
 ``scan_interval_s`` by a faust ``app.task``, streams/agents.py) starts one asyncio task per
 such entry and cancels those whose partition went away; all of them poll concurrently, each
 spaced by its own backoff and together by the account's task-query limiter.
