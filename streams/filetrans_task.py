@@ -15,7 +15,6 @@ does; the caller (streams/answer.py) records it in the ledger.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 import tempfile
@@ -27,16 +26,16 @@ import httpx
 
 from streams.analytics import talk_spans
 from streams.audiostages import AudioStages
-from streams.audiowork import Planned, decode_and_plan
+from streams.audiowork import Planned
 from streams.crashloop import Run
 from streams.errors import DeadlineExceeded, PipelineError
 from streams.event_types import FailedEvent
 from streams.events import Recording, failed_event, parse_recording, recording_id_of
-from streams.fetch import fetch
 from streams.filetrans_audio import StretchMap, compact_audio
 from streams.filetrans_client import FiletransClient
 from streams.filetrans_final import TaskEntry
 from streams.idempotency import Ledger
+from streams.intake import fetch_and_plan
 from streams.netguard import redact_urls
 from streams.pipeline import PipelineRules
 from streams.publish import EventPublisher
@@ -125,24 +124,16 @@ class TaskStarter:
         self, recording: Recording, where: str, run: Run, started: float
     ) -> TaskEntry:
         rid = recording.recording_id
-        t = time.perf_counter()
-        timings: dict[str, float] = {}
         with tempfile.TemporaryDirectory(prefix="streams-ft-") as spool:
-            with await fetch(
-                recording.audio_url, self._rules.fetch_limits, self._fetch_http
-            ) as fetched:
-                timings["fetch_s"] = time.perf_counter() - t
-                t = time.perf_counter()
-                decode = functools.partial(
-                    decode_and_plan,
-                    recording=recording,
-                    split_plan="packed",
-                    max_duration_s=self._rules.max_audio_s,
-                    policy=self._rules.chunk_policy,
-                    vad_aggressiveness=self._rules.vad_aggressiveness,
-                )
-                planned = await self._stages.run("decode", rid, decode, fetched.path, Path(spool))
-            timings["decode_s"] = time.perf_counter() - t
+            planned, timings = await fetch_and_plan(
+                recording,
+                Path(spool),
+                rules=self._rules,
+                split_plan="packed",
+                http=self._fetch_http,
+                stages=self._stages,
+            )
+            t = time.perf_counter()
             channels = sorted({r.channel for r in planned.requests})
             roles = self._roles(recording, planned)
             model = self._model(recording)
@@ -175,7 +166,7 @@ class TaskStarter:
                 file_url = await self._client.upload(compact.flac, name=name, model=model)
             else:
                 maps = []  # no speech: no task, an empty final
-            timings["upload_s"] = time.perf_counter() - t - timings["decode_s"]
+            timings["upload_s"] = time.perf_counter() - t
             if channels:
                 task_id, request_id = await self._client.submit(
                     file_url,

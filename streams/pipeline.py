@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import logging
 import tempfile
 import time
@@ -24,7 +23,7 @@ import httpx
 import stamina
 
 from streams.audiostages import AudioStages
-from streams.audiowork import Planned, decode_and_plan, request_uri
+from streams.audiowork import Planned, request_uri
 from streams.chunking import ChunkPolicy, Request
 from streams.crashloop import FIRST_RUN, Run
 from streams.decode import SpooledAudio
@@ -44,7 +43,8 @@ from streams.events import (
     parse_recording,
     recording_id_of,
 )
-from streams.fetch import FetchLimits, fetch
+from streams.fetch import FetchLimits
+from streams.intake import fetch_and_plan
 from streams.publish import EventPublisher
 from streams.transcribe import RecognitionBackend, RecognitionOptions, Result
 
@@ -190,30 +190,16 @@ class Pipeline:
 
     async def _transcribe(self, recording: Recording, progress: _Progress) -> FinalEvent:
         timings: dict[str, float | None] = {}
-        t = time.perf_counter()
-        # Decoded PCM waits on disk, one raw file per channel; only the requests in flight are
-        # in memory, so a two-hour stereo call costs no more than a short one.
-        with contextlib.ExitStack() as cleanup:
-            spool = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="streams-")))
-            with await fetch(
-                recording.audio_url, self._rules.fetch_limits, self._fetch_http
-            ) as fetched:
-                timings["fetch_s"] = time.perf_counter() - t
-                t = time.perf_counter()
-                # Both caps are checked before the first request: the size by fetch, the
-                # duration by decode, which finishes before anything is sent.
-                decode = functools.partial(
-                    decode_and_plan,
-                    recording=recording,
-                    split_plan=self._rules.split_plan,
-                    max_duration_s=self._rules.max_audio_s,
-                    policy=self._rules.chunk_policy,
-                    vad_aggressiveness=self._rules.vad_aggressiveness,
-                )
-                planned = await self._stages.run(
-                    "decode", recording.recording_id, decode, fetched.path, spool
-                )
-            timings["decode_s"] = time.perf_counter() - t
+        with tempfile.TemporaryDirectory(prefix="streams-") as spool:
+            planned, stage_s = await fetch_and_plan(
+                recording,
+                Path(spool),
+                rules=self._rules,
+                split_plan=self._rules.split_plan,
+                http=self._fetch_http,
+                stages=self._stages,
+            )
+            timings.update(stage_s)
             if planned.same_signal:
                 log.info(
                     "recording %s: both channels carry the same signal", recording.recording_id

@@ -141,6 +141,7 @@ class _Table(dict[str, Any]):
 def _ledger(entries: dict[str, Any] | None = None) -> Ledger:
     ledger = Ledger.__new__(Ledger)
     ledger.table = _Table(entries or {})  # type: ignore[assignment]  # the surface used
+    ledger._pending = {}
     return ledger
 
 

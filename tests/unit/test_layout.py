@@ -33,6 +33,7 @@ STAGES = (
     "filetrans_audio",
     "filetrans_client",
     "filetrans_result",
+    "intake",
     "netguard",
     "transcribe",
     "vad",
