@@ -89,6 +89,16 @@ _EN: list[Utterance] = [
         "six four six seven.",
         _e("card", "4539148803436467"),
     ),
+    # The clip of tests/integration/test_pii_speech.py: at this pace Whisper base wrote the whole
+    # card on every setting tried (beam 1 and 5, int8 and float32, 0 to 1 s of silence around).
+    Utterance(
+        "en_card_visa_slow", "en",
+        "Sure, it's four five three nine, one four eight eight, zero three four three, "
+        "six four six seven.",
+        _e("card", "4539148803436467"),
+        speed=110,
+        gap=10,
+    ),
     Utterance(
         "en_card_amex", "en",
         "It's an American Express, three seven eight two, eight two two four six three, "
