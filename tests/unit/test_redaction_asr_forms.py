@@ -1,16 +1,19 @@
 """PII in the forms Whisper wrote for spoken PII (tests/benchmarks/bench_redaction.py runs the
 spoken clips of tests/data/pii_speech through it): what the recogniser does with a spoken
-address, IBAN or card, and context words of two kinds close together.
+address, IBAN or card, context words of two kinds close together, and an address in partials.
 
 Each case is a form, not one transcript: the recogniser may write any of them.
 """
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from streams.redaction import RedactionPolicy, find, redact
 from streams.redaction_digits import digit_runs
+from tests.unit.test_redaction_pii import _stream
 
 POLICY = RedactionPolicy()
 
@@ -123,3 +126,45 @@ def test_the_nearer_context_word_says_expiry_or_cvv(text: str, expected: list[st
 @pytest.mark.parametrize("word", ["Sicherheitsnummer", "Sicherheitszahl", "Sicherheitskode"])
 def test_german_words_for_the_security_code(word: str) -> None:
     assert _kinds(f"Die {word} ist 7, 3, 1.") == ["cvv"]
+
+
+@pytest.mark.parametrize(
+    ("said", "hidden"),
+    [
+        pytest.param(
+            "My email is john.smith at example.com and that's it",
+            ("john", "smith", "example"),
+            id="only-at-said",
+        ),
+        pytest.param(
+            "My email is john dot smith at example dot com and that's it",
+            ("smith", "example"),
+            id="spoken",
+        ),
+        pytest.param(
+            "Meine Adresse ist max punkt mustermann at beispiel punkt de danke",
+            ("mustermann", "beispiel"),
+            id="de",
+        ),
+    ],
+)
+@pytest.mark.parametrize("size", [1, 2, 3])
+async def test_an_address_being_said_never_shows_in_a_partial(
+    said: str, hidden: tuple[str, ...], size: int
+) -> None:
+    """Whatever word the deltas break at, no partial shows the address once a word says it is
+    one: a written name ("john.smith") at once, a spoken one from "dot" on (its first word may
+    show before); the last partial shows it redacted."""
+    words = re.findall(r"\S+\s*", said)
+    deltas = ["".join(words[i : i + size]) for i in range(0, len(words), size)]
+    partials = await _stream(deltas)
+    for event in partials:
+        for word in hidden:
+            assert word not in event["text"], event["text"]
+    assert "[EMAIL]" in partials[-1]["text"]
+
+
+async def test_at_that_starts_no_address_is_shown_once_the_next_words_come() -> None:
+    partials = await _stream(["please look at ", "the bill ", "now"])
+    assert partials[-1]["text"] == "please look at the bill now"
+    assert partials[-1]["held_back_chars"] == 0
