@@ -13,10 +13,13 @@ redacted as the worker does (default policy). An entity is *caught* when no run 
 digits (for an email: no word of its local part) survives in the redacted text and a
 redaction of a plausible kind covers it. A missed entity whose value the recogniser did not
 write intact (a digit dropped or misheard: a Luhn-invalid number is no card any more) is
-counted apart as *not recognised*; recall is over the recognised ones. Precision counts the
-redactions that overlap no labelled entity, on the PII clips and on whisper transcripts of the
-real speech in tests/data/speech (no PII in it). Recognition differs by CPU (CTranslate2 int8),
-so figures move a little between machines. Prints figures; asserts nothing.
+counted apart as *not recognised* ("left": four of its digits still show); recall is over the
+recognised ones. Precision counts the redactions that are of no labelled entity (a redaction
+of a garbled entity's kind is taken for it), on the PII clips and on whisper transcripts of
+the real speech in tests/data/speech (no PII in it). Recognition differs by CPU (CTranslate2
+int8), and faster-whisper's temperature fallback samples when greedy decoding repeats itself
+(as it does on eSpeak's digits), so a few transcripts differ from run to run. Prints figures;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -126,7 +129,8 @@ class Scored:
 
     redacted: str
     outcomes: list[tuple[Entity, str]]
-    """(entity, "caught" | "missed" | "not recognised")."""
+    """(entity, "caught" | "missed" | "not recognised" | "not recognised, left"): left when
+    four of its digits (a word of its name) still show though the recogniser garbled it."""
     wrong: list[Span]
     spans: int
 
@@ -202,9 +206,18 @@ def score(transcript: Transcript, policy: RedactionPolicy) -> Scored:
             outcomes.append((entity, "caught"))
         elif _recognised(entity, transcript.text):
             outcomes.append((entity, "missed"))
+        elif _leaks(entity, redacted):
+            outcomes.append((entity, "not recognised, left"))
         else:
             outcomes.append((entity, "not recognised"))
-    wrong = [s for s in spans if not any(_overlaps(s, e) for e in transcript.entities)]
+    # A garbled entity has no value left to compare: a redaction of its kind is taken for it.
+    garbled = {e.kind for e, outcome in outcomes if outcome.startswith("not recognised")}
+    wrong = [
+        s
+        for s in spans
+        if not any(_overlaps(s, e) for e in transcript.entities)
+        and not any(s.kind in _PLAUSIBLE[kind] for kind in garbled)
+    ]
     return Scored(redacted, outcomes, wrong, len(spans))
 
 
@@ -247,7 +260,10 @@ def recogniser_set(beam_size: int) -> None:
     print(
         f"\nRecogniser transcripts: whisper base int8, beam {beam_size}, {len(transcripts)} clips"
     )
-    head = f"{'kind':<12} {'entities':>8} {'not rec.':>8} {'caught':>6} {'missed':>6} {'recall':>7}"
+    head = (
+        f"{'kind':<12} {'entities':>8} {'not rec.':>8} {'(left)':>6} {'caught':>6} {'missed':>6} "
+        f"{'recall':>7}"
+    )
     print(head)
     total: Counter[str] = Counter()
     for kind in KINDS:
@@ -258,7 +274,7 @@ def recogniser_set(beam_size: int) -> None:
     print(_row("all", total))
     precision = right / predicted if predicted else 1.0
     print(
-        f"precision {precision:.3f} ({right} of {predicted} redactions overlap a labelled entity;"
+        f"precision {precision:.3f} ({right} of {predicted} redactions are of a labelled entity;"
         f" {speech} real-speech clips with no PII among the {len(transcripts)})"
     )
     print(f"transcribed and redacted in {elapsed:.0f} s")
@@ -275,9 +291,10 @@ def recogniser_set(beam_size: int) -> None:
 def _row(kind: str, c: Counter[str]) -> str:
     recognised = c["caught"] + c["missed"]
     recall = f"{c['caught'] / recognised:.3f}" if recognised else "-"
+    garbled = c["not recognised"] + c["not recognised, left"]
     return (
-        f"{kind:<12} {c.total():>8} {c['not recognised']:>8} {c['caught']:>6} "
-        f"{c['missed']:>6} {recall:>7}"
+        f"{kind:<12} {c.total():>8} {garbled:>8} {c['not recognised, left']:>6} "
+        f"{c['caught']:>6} {c['missed']:>6} {recall:>7}"
     )
 
 
