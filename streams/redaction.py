@@ -107,7 +107,8 @@ class Redacted:
 
 _CVV_CONTEXT = re.compile(
     r"security code|cvv|cvc|csc|card verification|three digits|3 digits|digits on the back|"
-    r"sicherheitscode|prüfnummer|prüfziffer|kartenprüf|安全码|验证码|背面", re.I)  # fmt: skip
+    r"sicherheits(?:code|kode|nummer|zahl|ziffer)|prüfnummer|prüfziffer|kartenprüf|安全码|验证码|背面",
+    re.I)  # fmt: skip
 _EXPIRY_CONTEXT = re.compile(
     r"expir|valid (?:until|thru|through)|good thru|ablauf|gültig bis|läuft .{0,12}ab|有效期|到期",
     re.I,
@@ -120,12 +121,26 @@ _ACCOUNT_CONTEXT = re.compile(
 _SSN_CONTEXT = re.compile(r"social security|ssn|steuer.?id|identifikationsnummer|身份证", re.I)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", re.UNICODE)
 _TLD = r"(?:com|net|org|de|co\.uk|uk|cn|io|info|edu|gov|eu|at|ch)"
+# Between the words of a spoken address's name: said ("dot", "underscore") or, as the
+# recogniser often writes the name itself ("john.smith at example dot com"), written.
+_NAME_SEP = r"(?:[._]|\s+(?:dot|punkt|underscore|unterstrich)\s+)"
+_SAID_DOT = r"\s+(?:dot|punkt)\s+"
 _SPOKEN_EMAIL = re.compile(
-    rf"\b[\w-]+(?:\s+(?:dot|punkt|underscore|unterstrich)\s+[\w-]+)*\s+(?:at|ät)\s+[\w-]+"
-    rf"(?:\s+(?:dot|punkt)\s+[\w-]+)*\s+(?:dot|punkt)\s+{_TLD}\b",
+    rf"\b[\w-]+(?:{_NAME_SEP}[\w-]+)*\s+(?:at|ät)\s+[\w-]+"
+    rf"(?:{_SAID_DOT}[\w-]+)*{_SAID_DOT}{_TLD}\b",
     re.I,
 )
-_WRITTEN_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{1,4}){3,8}\b")
+# Only "at" said, the rest written: "john.smith at example.com". A site said after "at" ("find
+# us at example.com") is no address, so the name before "at" needs a dot or underscore.
+_HALF_SPOKEN_EMAIL = re.compile(
+    rf"\b[\w-]+(?:{_NAME_SEP}[\w-]+)+\s+(?:at|ät)\s+[\w-]+(?:\.[\w-]+)*\.{_TLD}\b", re.I
+)
+# Groups of up to four, apart or not, by spaces, dashes or commas; the recogniser may write the
+# letters of a bank code as a word ("GB82 West 1234 ..."). The greedy match may run into the
+# words after the IBAN: shorter ends are tried until one is valid (_ibans).
+_IBAN_SEP = r"(?:,?\s|-)?"
+_WRITTEN_IBAN = re.compile(rf"\b[A-Z]{{2}}\d{{2}}(?:{_IBAN_SEP}[A-Za-z0-9]{{1,4}}){{3,8}}\b")
+_IBAN_GROUP = re.compile(rf"{_IBAN_SEP}[A-Za-z0-9]{{1,4}}")
 _COUNTRY_BEFORE = re.compile(r"([A-Za-z])\s*\.?\s*([A-Za-z])\s*$")
 _CONTEXT_REACH = 60
 # Seven to nine digits make many a local phone number, and as many order and ticket numbers:
@@ -143,9 +158,8 @@ def find(text: str, policy: RedactionPolicy) -> list[Span]:
     kinds = policy.kinds
     if "email" in kinds:
         spans += [Span("email", m.start(), m.end(), m.group()) for m in _EMAIL.finditer(text)]
-        spans += [
-            Span("email", m.start(), m.end(), m.group()) for m in _SPOKEN_EMAIL.finditer(text)
-        ]
+        for said in (_SPOKEN_EMAIL, _HALF_SPOKEN_EMAIL):
+            spans += [Span("email", m.start(), m.end(), m.group()) for m in said.finditer(text)]
     if "iban" in kinds:
         spans += _ibans(text, runs)
     for run in runs:
@@ -173,10 +187,18 @@ def _classify(text: str, run: DigitRun, policy: RedactionPolicy) -> Iterator[Spa
         yield Span("account", run.start, run.end, digits)
     month = int(digits[:-2] if len(digits) in (3, 4) else digits[:2] or "0")
     dated = 3 <= len(digits) <= 6 and 1 <= month <= 12
-    if "expiry" in kinds and dated and _EXPIRY_CONTEXT.search(before):
+    # "expiry 09/27, CVV 731": both words are within reach of 731; the nearer one says what it is.
+    expiry_at = _last(_EXPIRY_CONTEXT, before) if "expiry" in kinds and dated else -1
+    cvv_at = _last(_CVV_CONTEXT, before) if "cvv" in kinds and len(digits) in (3, 4) else -1
+    if expiry_at >= 0 and expiry_at > cvv_at:
         yield Span("expiry", run.start, run.end, digits)
-    if "cvv" in kinds and len(digits) in (3, 4) and _CVV_CONTEXT.search(before):
+    if cvv_at >= 0 and cvv_at > expiry_at:
         yield Span("cvv", run.start, run.end, digits)
+
+
+def _last(context: re.Pattern[str], before: str) -> int:
+    """Where the last match of ``context`` in ``before`` ends; -1 when there is none."""
+    return max((m.end() for m in context.finditer(before)), default=-1)
 
 
 def _is_national_id(digits: str, before: str) -> bool:
@@ -231,8 +253,14 @@ def _is_phone(text: str, run: DigitRun, policy: RedactionPolicy) -> bool:
 
 def _ibans(text: str, runs: Iterable[DigitRun]) -> Iterator[Span]:
     for m in _WRITTEN_IBAN.finditer(text):
-        if iban.is_valid(m.group()):
-            yield Span("iban", m.start(), m.end(), iban.compact(m.group()))
+        ends = [m.start() + g.end() for g in _IBAN_GROUP.finditer(m.group(), 4)]
+        for end in reversed(ends):
+            if end < len(text) and text[end].isalnum():
+                continue
+            candidate = re.sub(r"[\s,-]", "", text[m.start() : end]).upper()
+            if iban.is_valid(candidate):
+                yield Span("iban", m.start(), end, candidate)
+                break
     for run in runs:
         # Spoken: "D E eight nine three seven ..." — a country code, then only digits (DE, AT,
         # CH with numeric accounts; the written form above covers the rest).

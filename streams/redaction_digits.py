@@ -54,6 +54,21 @@ _GAP = re.compile(rf"(?:{_SEP}{{0,4}}{_FILLER})*{_SEP}{{0,4}}", re.I)
 _CLOSED = re.compile(r"(?:[?!\u3002\uff1f\uff01]|(?<![0-9])\.)[\s\"'\u201d]*$")
 _ADDRESSY = re.compile(r"@|\w[._+]\w|\d")
 _TAIL = re.compile(rf"(?:{_SEP}|\+|{_FILLER})*", re.I)
+# An email address still being said: "john dot smith at example dot" may end in "com" with the
+# next delta, "john.smith at exa" in "example.com". Held from the start of its name while the
+# text ends like one: a name joined by "dot"/"underscore" (or written "." and "_"), or any
+# name followed by "dot", "at" and the domain so far. A one-word name is shown before the word
+# after it says it is one.
+_SAID_SEP = r"(?:dot|punkt|underscore|unterstrich)"
+_NAME_PART = rf"(?:(?:[._]|\s+{_SAID_SEP}\s+)[\w-]+)"
+_ADDRESS_TAIL = (
+    rf"(?:\s+{_SAID_SEP}|\s+(?:at|ät)(?:\s+[\w-]+(?:(?:\.|\s+(?:dot|punkt)\s+)[\w-]+)*"
+    rf"(?:\.|\s+(?:dot|punkt))?)?)"
+)
+_OPEN_ADDRESS = re.compile(
+    rf"(?<![\w.-])[\w-]+(?:{_NAME_PART}*{_ADDRESS_TAIL}|{_NAME_PART}+)[\s,]*$", re.I
+)
+_ADDRESS_REACH = 200
 
 
 @dataclass(frozen=True)
@@ -178,9 +193,10 @@ def open_tail(text: str) -> int:
     """Where the part of ``text`` that the next words may still change begins.
 
     That is the last run of digits (with the separators after it) when nothing else follows
-    it, and a last word that may be part of an address or a number ("john.smith@exa",
-    "4111-11") until a space ends it. ``len(text)`` when nothing is open, and when the text
-    ends a sentence.
+    it, a last word that may be part of an address or a number ("john.smith@exa",
+    "4111-11") until a space ends it, and an address being said ("john dot smith at example
+    dot", "john.smith at exa") from its name on. ``len(text)`` when nothing is open, and when
+    the text ends a sentence.
     """
     if _CLOSED.search(text):
         # A sentence ended: the recogniser does not put a full stop inside a number (a "."
@@ -196,6 +212,9 @@ def open_tail(text: str) -> int:
     if _ADDRESSY.search(text, last):
         # An address being written ("john.smith@exa"): shown once a space ends it.
         cut = last
+    address = _OPEN_ADDRESS.search(text, max(0, len(text) - _ADDRESS_REACH))
+    if address:
+        cut = min(cut, address.start())
     runs = digit_runs(text)
     if runs and _TAIL.fullmatch(text, runs[-1].end):
         cut = min(cut, runs[-1].start)
