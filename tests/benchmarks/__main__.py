@@ -18,7 +18,9 @@ on the call corpus of calls.py; no Kafka), ``filetrans`` (7, the long-file backe
 streaming one: requests, billed seconds and time to final per call, and 200 calls on 8
 partitions with a fixed task delay), ``music`` (8, hold music and tones: words lost and music
 seconds sent and billed, every hold sound at 16 and 8 kHz), ``analytics`` (9, the call
-analytics against the corpus's truth). Each runs its own processes: a Kafka broker for the
+analytics against the corpus's truth), ``redaction`` (10, recall and precision of the PII
+redaction on the labelled text set and on whisper's transcripts of spoken PII; the text set
+alone when quick). Each runs its own processes: a Kafka broker for the
 whole run, and per scenario the scripted ASR server and the workers.
 """
 
@@ -50,6 +52,7 @@ from tests.benchmarks import (
     bench_filetrans,
     bench_memory,
     bench_music,
+    bench_redaction,
     bench_scaleout,
     charts,
     report,
@@ -70,6 +73,13 @@ def _analytics(bench: Bench) -> dict[str, Any]:
     return {"text": printed.getvalue().strip()}
 
 
+def _redaction(bench: Bench) -> dict[str, Any]:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        bench_redaction.main(["--text-only"] if bench.quick else [])
+    return {"text": printed.getvalue().strip()}
+
+
 SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "client": bench_client.run,
     "e2e": bench_e2e.run,
@@ -80,6 +90,7 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "filetrans": bench_filetrans.run,
     "music": _music,
     "analytics": _analytics,
+    "redaction": _redaction,
 }
 _NEEDS_KAFKA = {"e2e", "scaleout", "memory", "baseline"}
 ROOT = Path(__file__).resolve().parents[2]
