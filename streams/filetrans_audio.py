@@ -17,16 +17,15 @@ Runs off the event loop (an audio process or a thread), like streams/audiowork.p
 from __future__ import annotations
 
 import bisect
-import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import av
 import numpy as np
 
 from streams.chunking import Request
 from streams.decode import SpooledAudio
+from streams.encode import encode_flac
 
 __all__ = [
     "SECTION_GAP_S",
@@ -152,23 +151,4 @@ def compact_audio(
         maps.append(StretchMap(tuple(mapped), gap_s))
     track = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
     track = np.pad(track, (0, max(0, rate // 10 - len(track))))
-    return CompactAudio(encode_flac_tracks(track.reshape(1, -1), rate), tuple(maps))
-
-
-def encode_flac_tracks(pcm: np.ndarray, sample_rate: int) -> bytes:
-    """Encode int16 samples shaped ``(channels, samples)`` (one or two) as a FLAC file."""
-    channels = pcm.shape[0]
-    layout = "mono" if channels == 1 else "stereo"
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format="flac") as container:
-        stream = container.add_stream("flac", rate=sample_rate, layout=layout)
-        stream.format = "s16"
-        interleaved = np.ascontiguousarray(pcm.T, dtype=np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(interleaved, format="s16", layout=layout)
-        frame.sample_rate = sample_rate
-        frame.pts = 0
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return buffer.getvalue()
+    return CompactAudio(encode_flac(track, rate), tuple(maps))
