@@ -118,6 +118,13 @@ _ACCOUNT_CONTEXT = re.compile(
     r"blz|账号|账户|卡号以外",
     re.I,
 )
+# A card number the recogniser wrote with a digit lost, added or misheard fails the Luhn check
+# but still holds most of the number: after card words it is redacted as a card all the same.
+_CARD_CONTEXT = re.compile(
+    r"card|credit|debit|visa|master|amex|american express|karte|kreditkarte|信用卡|卡号|银行卡",
+    re.I,
+)
+_GARBLED_CARD_DIGITS = range(12, 23)
 _SSN_CONTEXT = re.compile(r"social security|ssn|steuer.?id|identifikationsnummer|身份证", re.I)
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", re.UNICODE)
 _TLD = r"(?:com|net|org|de|co\.uk|uk|cn|io|info|edu|gov|eu|at|ch)"
@@ -172,7 +179,10 @@ def _classify(text: str, run: DigitRun, policy: RedactionPolicy) -> Iterator[Spa
     kinds, digits = policy.kinds, run.digits
     before = text[max(0, run.start - _CONTEXT_REACH) : run.start]
     if "card" in kinds:
-        yield from _cards(run)
+        cards = list(_cards(run))
+        yield from cards
+        if not cards and len(digits) in _GARBLED_CARD_DIGITS and _CARD_CONTEXT.search(before):
+            yield Span("card", run.start, run.end, digits)
     if "national_id" in kinds and _is_national_id(digits, before):
         yield Span("national_id", run.start, run.end, digits)
     # A Chinese resident id whose check character is X

@@ -168,3 +168,30 @@ async def test_at_that_starts_no_address_is_shown_once_the_next_words_come() -> 
     partials = await _stream(["please look at ", "the bill ", "now"])
     assert partials[-1]["text"] == "please look at the bill now"
     assert partials[-1]["held_back_chars"] == 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("My card number is 41111111111111111", id="a-digit-added"),
+        pytest.param("My card number is 411111111111111", id="a-digit-lost"),
+        pytest.param("A long number of cards is 550000000000000000004", id="doubles-run-on"),
+        pytest.param("Meine Kartennummer ist 4917 4845 8989 7108.", id="de-misheard"),
+    ],
+)
+def test_a_card_the_recogniser_garbled_is_still_replaced_after_card_words(text: str) -> None:
+    """A digit lost, added or misheard: no longer a card by Luhn, still most of one."""
+    redacted = redact(text, POLICY)
+    assert [f.kind for f in redacted.findings] == ["card"]
+    assert not any(len(run) >= 4 for run in _spelled(redacted.text).split())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("Your order number is 41111111111111111.", id="no-card-words"),
+        pytest.param("The card costs 19 dollars and ships on 2024 11 27.", id="short-runs"),
+    ],
+)
+def test_long_numbers_without_card_words_are_not_taken_for_a_garbled_card(text: str) -> None:
+    assert "card" not in _kinds(text)
