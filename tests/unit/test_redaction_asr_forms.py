@@ -26,6 +26,12 @@ def _spelled(text: str) -> str:
     return " ".join(run.digits for run in digit_runs(text))
 
 
+def _assert_one_card_and_no_digits_left(text: str) -> None:
+    redacted = redact(text, POLICY)
+    assert [f.kind for f in redacted.findings] == ["card"]
+    assert not any(len(run) >= 4 for run in _spelled(redacted.text).split())
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -41,9 +47,7 @@ def _spelled(text: str) -> str:
     ],
 )
 def test_a_card_in_the_forms_whisper_writes_is_replaced(text: str) -> None:
-    redacted = redact(text, POLICY)
-    assert [f.kind for f in redacted.findings] == ["card"]
-    assert not any(len(run) >= 4 for run in _spelled(redacted.text).split())
+    _assert_one_card_and_no_digits_left(text)
 
 
 @pytest.mark.parametrize(
@@ -181,9 +185,7 @@ async def test_at_that_starts_no_address_is_shown_once_the_next_words_come() -> 
 )
 def test_a_card_the_recogniser_garbled_is_still_replaced_after_card_words(text: str) -> None:
     """A digit lost, added or misheard: no longer a card by Luhn, still most of one."""
-    redacted = redact(text, POLICY)
-    assert [f.kind for f in redacted.findings] == ["card"]
-    assert not any(len(run) >= 4 for run in _spelled(redacted.text).split())
+    _assert_one_card_and_no_digits_left(text)
 
 
 @pytest.mark.parametrize(
