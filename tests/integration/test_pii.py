@@ -21,7 +21,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from streams.redaction_digits import digit_runs
 from tests.audio import asset
 from tests.fixtures.asr_server import run_scripted_server
-from tests.fixtures.worker import Message, Stack, new_stack, stop_and_drain, validate
+from tests.fixtures.worker import (
+    Message,
+    Stack,
+    new_stack,
+    stop_and_drain,
+    stopping_workers,
+    validate,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -56,11 +63,8 @@ def stack_saying_a_card(
     args = ("--transcript", SAID, "--words-per-delta", "1")
     with run_scripted_server(tmp_path / "asr.log", *args) as server:
         stack = new_stack(unique_name("pii"), kafka_bootstrap, server, tmp_path)
-        try:
+        with stopping_workers(stack):
             yield stack
-        finally:
-            for worker in stack.workers:
-                worker.stop()
 
 
 async def _changelog(stack: Stack) -> list[dict[str, Any]]:

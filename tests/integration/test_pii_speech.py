@@ -27,7 +27,14 @@ import pytest
 
 from tests.benchmarks.bench_whisper_server import WhisperServer, run_whisper_server
 from tests.benchmarks.pii_speech import PII_DIR
-from tests.fixtures.worker import Message, Stack, new_stack, stop_and_drain, validate
+from tests.fixtures.worker import (
+    Message,
+    Stack,
+    new_stack,
+    stop_and_drain,
+    stopping_workers,
+    validate,
+)
 from tests.integration.test_pii import _changelog, _leaks, _texts
 
 pytestmark = pytest.mark.integration
@@ -53,11 +60,8 @@ def speech_stack(
 ) -> Iterator[Stack]:
     """Own topics and consumer group, the worker recognising with the whisper server."""
     stack = new_stack(unique_name("pii-speech"), kafka_bootstrap, whisper, tmp_path)
-    try:
+    with stopping_workers(stack):
         yield stack
-    finally:
-        for worker in stack.workers:
-            worker.stop()
 
 
 async def test_a_spoken_card_never_reaches_a_topic(
